@@ -1,0 +1,18 @@
+# The two commands of the README. Both bootstrap .venv with the machine's python3.
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+
+.PHONY: run test
+
+$(STAMP): pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/python experiments/bench_ops.py --preset=small
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q

@@ -1,0 +1,149 @@
+"""The public delta-rule op: argument checks and backend dispatch."""
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from deltajax.ops.chunked import delta_rule_chunked
+from deltajax.ops.recurrent import delta_rule_recurrent
+
+BACKENDS = ("auto", "recurrent", "chunked", "pallas")
+
+
+def delta_rule(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    beta: jax.Array,
+    *,
+    gate: Optional[jax.Array] = None,
+    scale: Optional[float] = None,
+    initial_state: Optional[jax.Array] = None,
+    segment_ids: Optional[jax.Array] = None,
+    return_final_state: bool = False,
+    backend: str = "auto",
+    chunk_size: int = 64,
+) -> tuple[jax.Array, Optional[jax.Array]]:
+    """The (gated) delta rule over a sequence, per batch element and head.
+
+    With S_0 = initial_state (or 0), for t = 1..T:
+        S_t = exp(g_t) S_{t-1};  S_t = S_t + beta_t k_t (v_t - S_t^T k_t)^T;  o_t = S_t^T (scale q_t)
+
+    Args:
+      q, k: [batch, time, heads, K]. Not normalised here (DeltaNet layers L2-normalise them).
+      v: [batch, time, heads, V].
+      beta: [batch, time, heads], in [0, 1] (classic) or [0, 2] (negative eigenvalues).
+      gate: [batch, time, heads] log-decay g <= 0 (Gated DeltaNet); None means no decay.
+      scale: multiplies q; default K ** -0.5.
+      initial_state: [batch, heads, K, V], the state before token 1 (of the first segment).
+      segment_ids: [batch, time] integers, non-decreasing. The state resets to zero where the id
+        changes, so packed sequences give what each would alone.
+      return_final_state: also return the float32 state after the last token.
+      backend: "recurrent" (lax.scan, the specification), "chunked" (chunkwise WY form), "pallas",
+        or "auto" (the fastest correct one for the platform and the call).
+      chunk_size: tokens per chunk of the chunked backends, a power of two.
+
+    Returns:
+      (o [batch, time, heads, V] in the dtype of v, final_state [batch, heads, K, V] float32 or
+      None). Values outside the domain (gate > 0, decreasing segment_ids) raise a ValueError when
+      the arrays are concrete; under a transformation (jit, grad) they make o all NaN instead.
+    """
+    B, T, H, K, V = _check_shapes(q, k, v, beta, gate, initial_state, segment_ids)
+    _check_dtypes(q, k, v, beta, gate, initial_state, segment_ids)
+    if not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1 or chunk_size & (chunk_size - 1):
+        raise ValueError(f"chunk_size must be a positive power of two, got {chunk_size!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if scale is None:
+        scale = K ** -0.5
+    elif not isinstance(scale, (int, float, np.number)):
+        raise ValueError(f"scale must be a Python number or None, got {type(scale).__name__}")
+    invalid = _check_values(gate, segment_ids)
+
+    backend = _resolve(backend, T)
+    kwargs = dict(scale=float(scale), gate_BTH=gate, initial_state_BHKV=initial_state,
+                  segment_ids_BT=segment_ids)
+    if backend == "recurrent":
+        o, final_state = delta_rule_recurrent(q, k, v, beta, **kwargs)
+    elif backend == "chunked":
+        o, final_state = delta_rule_chunked(q, k, v, beta, chunk_size=int(chunk_size), **kwargs)
+    else:
+        raise ValueError("backend='pallas' is not available yet; use 'chunked' or 'recurrent'")
+
+    if invalid is not None:
+        o = jnp.where(invalid, jnp.array(jnp.nan, o.dtype), o)
+    return o, (final_state if return_final_state else None)
+
+
+def _resolve(backend: str, T: int) -> str:
+    if backend != "auto":
+        return backend
+    # One token (a decode step) is a single recurrent update; anything longer is chunked.
+    return "recurrent" if T == 1 else "chunked"
+
+
+def _shape_error(name, expected, x):
+    return ValueError(f"{name} must have shape {expected}, got {tuple(x.shape)}")
+
+
+def _check_shapes(q, k, v, beta, gate, initial_state, segment_ids):
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if jnp.ndim(x) != 4:
+            raise _shape_error(name, "[batch, time, heads, head_dim] (rank 4)", jnp.asarray(x))
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    if T < 1:
+        raise ValueError(f"q must have at least one time step, got shape {tuple(q.shape)}")
+    if k.shape != q.shape:
+        raise _shape_error("k", f"{tuple(q.shape)} like q", k)
+    if v.shape[:3] != (B, T, H):
+        raise _shape_error("v", f"({B}, {T}, {H}, V) matching q's [batch, time, heads]", v)
+    for name, x in (("beta", beta), ("gate", gate)):
+        if x is not None and tuple(jnp.shape(x)) != (B, T, H):
+            raise _shape_error(name, f"[batch, time, heads] = {(B, T, H)}", jnp.asarray(x))
+    if initial_state is not None and tuple(initial_state.shape) != (B, H, K, V):
+        raise _shape_error("initial_state", f"[batch, heads, K, V] = {(B, H, K, V)}", initial_state)
+    if segment_ids is not None and tuple(jnp.shape(segment_ids)) != (B, T):
+        raise _shape_error("segment_ids", f"[batch, time] = {(B, T)}", jnp.asarray(segment_ids))
+    return B, T, H, K, V
+
+
+def _check_dtypes(q, k, v, beta, gate, initial_state, segment_ids):
+    for name, x in (("q", q), ("k", k), ("v", v), ("beta", beta), ("gate", gate),
+                    ("initial_state", initial_state)):
+        if x is not None and not jnp.issubdtype(x.dtype, jnp.floating):
+            raise ValueError(f"{name} must have a floating dtype, got {x.dtype}")
+    if not q.dtype == k.dtype == v.dtype:
+        raise ValueError(f"q, k and v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if segment_ids is not None and not jnp.issubdtype(segment_ids.dtype, jnp.integer):
+        raise ValueError(f"segment_ids must have an integer dtype, got {segment_ids.dtype}")
+
+
+def _concrete(x) -> Optional[np.ndarray]:
+    """The values of x, or None when x is traced (inside jit, grad, vmap, ...)."""
+    try:
+        return np.asarray(x)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return None
+
+
+def _check_values(gate, segment_ids) -> Optional[jax.Array]:
+    """Raises on out-of-domain concrete values; returns a traced 'invalid' flag otherwise."""
+    traced_flags = []
+    if gate is not None:
+        values = _concrete(gate)
+        if values is None:
+            traced_flags.append(jnp.any(gate > 0))
+        elif np.any(values > 0) or not np.all(np.isfinite(values)):
+            raise ValueError("gate must be a finite log-decay <= 0 everywhere")
+    if segment_ids is not None:
+        values = _concrete(segment_ids)
+        if values is None:
+            traced_flags.append(jnp.any(segment_ids[:, 1:] < segment_ids[:, :-1]))
+        elif np.any(np.diff(values, axis=1) < 0):
+            raise ValueError("segment_ids must be non-decreasing along time")
+    if not traced_flags:
+        return None
+    return jnp.any(jnp.stack(traced_flags))
