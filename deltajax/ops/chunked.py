@@ -95,7 +95,7 @@ def _factors(q, k, v, beta, G, seg_BNC, seg_prev_BN) -> _Factors:
     C = q.shape[-2]
     causal_CC = jnp.tril(jnp.ones((C, C), bool))
     same_segment_BNCC = seg_BNC[..., :, None] == seg_BNC[..., None, :]
-    mask_B1NCC = (causal_CC & same_segment_BNCC)[:, None]
+    mask_B1NCC = (causal_CC[None, None] & same_segment_BNCC)[:, None]
     G_diff = G[..., :, None] - G[..., None, :]
     # Masked before exp: G_i - G_j > 0 above the diagonal could overflow.
     D = jnp.where(mask_B1NCC, jnp.exp(jnp.where(mask_B1NCC, G_diff, 0.0)), 0.0)
@@ -104,10 +104,9 @@ def _factors(q, k, v, beta, G, seg_BNC, seg_prev_BN) -> _Factors:
 
     KK = _einsum("...ik,...jk->...ij", k, k)
     QK = _einsum("...ik,...jk->...ij", q, k)
-    eye_CC = jnp.eye(C, dtype=jnp.float32)
-    A = eye_CC + beta[..., :, None] * jnp.tril(D, -1) * KK
-    T = jax.lax.linalg.triangular_solve(
-        A, jnp.broadcast_to(eye_CC, A.shape), left_side=True, lower=True, unit_diagonal=True)
+    eye = jnp.broadcast_to(jnp.eye(C, dtype=jnp.float32), D.shape)
+    A = eye + beta[..., :, None] * jnp.tril(D, -1) * KK
+    T = jax.lax.linalg.triangular_solve(A, eye, left_side=True, lower=True, unit_diagonal=True)
     W = _einsum("...ij,...jk->...ik", T, (beta * gamma)[..., None] * k)
     U = _einsum("...ij,...jv->...iv", T, beta[..., None] * v)
     return _Factors(D, gamma, KK, QK, T, W, U)

@@ -1,0 +1,171 @@
+"""Every backend of delta_rule against the float64 reference, forward and backward."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from deltajax.ops import delta_rule
+from tests.ops.cases import Case, cotangents, make_inputs
+from tests.ops.reference import delta_rule_reference, delta_rule_reference_jax
+
+BACKENDS = ("recurrent", "chunked")
+
+CASES = [
+    Case(T=1, chunk_size=16),
+    Case(T=7, chunk_size=16, gate=True),
+    Case(T=64, chunk_size=64),
+    Case(T=64, chunk_size=16, gate=True, initial_state=True),
+    Case(T=100, chunk_size=32),
+    Case(T=100, chunk_size=16, segments=True),
+    Case(T=100, chunk_size=64, gate=True, normalize_k=False, beta_max=0.1),
+    Case(T=257, chunk_size=32, beta_max=2.0),
+    Case(T=257, chunk_size=16, gate=True, segments=True),
+    Case(T=257, chunk_size=64, gate=True, initial_state=True, segments=True, beta_max=2.0),
+]
+BF16_CASES = [
+    Case(T=100, chunk_size=32, gate=True, initial_state=True),
+    Case(T=257, chunk_size=64, gate=True, initial_state=True, segments=True, beta_max=2.0),
+]
+
+
+def relative_error(actual, expected) -> float:
+    actual = np.asarray(actual, np.float64)
+    assert np.all(np.isfinite(actual)), "non-finite values"
+    return float(np.linalg.norm(actual - expected) / np.linalg.norm(expected))
+
+
+@functools.partial(jax.jit, static_argnames=("backend", "chunk_size"))
+def forward_and_vjp(arrays, segment_ids, do, dfinal, *, backend, chunk_size):
+    def op(arrays):
+        return delta_rule(**arrays, segment_ids=segment_ids, return_final_state=True,
+                          backend=backend, chunk_size=chunk_size)
+    (o, final_state), vjp = jax.vjp(op, arrays)
+    (grads,) = vjp((do.astype(o.dtype), dfinal))
+    return o, final_state, grads
+
+
+def rounded_inputs(case: Case, dtype):
+    """The inputs as the backend sees them (in dtype) and, for the reference, in float64."""
+    inputs, segment_ids = make_inputs(case)
+    arrays = {name: jnp.asarray(x, dtype) for name, x in inputs.items()}
+    as_f64 = {name: np.asarray(x, np.float64) for name, x in arrays.items()}
+    return arrays, as_f64, segment_ids
+
+
+@functools.lru_cache(maxsize=None)
+def reference_forward(case: Case, dtype):
+    _, inputs, segment_ids = rounded_inputs(case, dtype)
+    return delta_rule_reference(**inputs, segment_ids=segment_ids)
+
+
+@functools.lru_cache(maxsize=None)
+def reference_grads(case: Case):
+    _, inputs, segment_ids = rounded_inputs(case, jnp.float32)
+    do, dfinal = cotangents(case)
+    with jax.enable_x64(True):
+        op = lambda arrays: delta_rule_reference_jax(**arrays, segment_ids=segment_ids)
+        (o, final_state), vjp = jax.vjp(op, {name: jnp.asarray(x) for name, x in inputs.items()})
+        (grads,) = vjp((jnp.asarray(do), jnp.asarray(dfinal)))
+    # The scanned reference must be the NumPy loop's function before its gradients count.
+    o_ref, final_ref = reference_forward(case, jnp.float32)
+    np.testing.assert_allclose(o, o_ref, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(final_state, final_ref, rtol=1e-10, atol=1e-12)
+    return {name: np.asarray(g) for name, g in grads.items()}
+
+
+def run(case: Case, backend: str, dtype=jnp.float32):
+    arrays, _, segment_ids = rounded_inputs(case, dtype)
+    do, dfinal = cotangents(case)
+    return forward_and_vjp(arrays, segment_ids, jnp.asarray(do, jnp.float32),
+                           jnp.asarray(dfinal, jnp.float32), backend=backend,
+                           chunk_size=case.chunk_size)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.id)
+def test_backend_matches_float64_reference(case, backend):
+    o, final_state, grads = run(case, backend)
+    o_ref, final_ref = reference_forward(case, jnp.float32)
+    assert o.dtype == jnp.float32 and final_state.dtype == jnp.float32
+    assert relative_error(o, o_ref) < 1e-5
+    assert relative_error(final_state, final_ref) < 1e-5
+    grads_ref = reference_grads(case)
+    assert grads.keys() == grads_ref.keys()
+    for name, grad in grads.items():
+        assert relative_error(grad, grads_ref[name]) < 1e-4, name
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", BF16_CASES, ids=lambda case: case.id)
+def test_bfloat16_inputs_keep_float32_state(case, backend):
+    o, final_state, grads = run(case, backend, jnp.bfloat16)
+    o_ref, final_ref = reference_forward(case, jnp.bfloat16)
+    assert o.dtype == jnp.bfloat16 and final_state.dtype == jnp.float32
+    assert all(g.dtype == jnp.bfloat16 for g in grads.values())
+    assert relative_error(o, o_ref) < 2e-2
+    assert relative_error(final_state, final_ref) < 2e-2
+
+
+def test_auto_backend_matches_reference_for_training_and_decoding():
+    for case in (CASES[0], CASES[4]):  # T = 1 (a decode step) and T = 100
+        o, final_state, grads = run(case, "auto")
+        o_ref, final_ref = reference_forward(case, jnp.float32)
+        assert relative_error(o, o_ref) < 1e-5
+        assert relative_error(final_state, final_ref) < 1e-5
+        assert relative_error(grads["k"], reference_grads(case)["k"]) < 1e-4
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_output_at_t_does_not_depend_on_later_tokens(backend):
+    case = Case(T=100, chunk_size=32, gate=True, segments=True)
+    arrays, _, segment_ids = rounded_inputs(case, jnp.float32)
+    t = 45  # mid-chunk: later tokens of the same chunk must not leak either
+    do = np.zeros((case.B, case.T, case.H, case.V), np.float32)
+    do[:, t] = 1.0
+    dfinal = jnp.zeros((case.B, case.H, case.K, case.V), jnp.float32)
+    _, _, grads = forward_and_vjp(arrays, segment_ids, jnp.asarray(do), dfinal,
+                                  backend=backend, chunk_size=case.chunk_size)
+    for name in ("q", "k", "v", "beta", "gate"):
+        assert np.all(np.asarray(grads[name])[:, t + 1:] == 0.0), name
+        assert np.any(np.asarray(grads[name])[:, : t + 1] != 0.0), name
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_packed_segments_equal_separate_runs(backend):
+    case = Case(T=64, chunk_size=16, gate=True, initial_state=True)
+    arrays, _, _ = rounded_inputs(case, jnp.float32)
+    lengths = (5, 40, 19)  # the middle one spans chunk boundaries
+    segment_ids = jnp.asarray(np.repeat(np.arange(3), lengths)[None].repeat(case.B, 0), jnp.int32)
+    op = jax.jit(functools.partial(delta_rule, return_final_state=True, backend=backend,
+                                   chunk_size=case.chunk_size))
+    o_packed, final_packed = op(**arrays, segment_ids=segment_ids)
+
+    start = 0
+    for index, length in enumerate(lengths):
+        piece = {name: x[:, start:start + length] for name, x in arrays.items()
+                 if name != "initial_state"}
+        if index == 0:
+            piece["initial_state"] = arrays["initial_state"]
+        o_alone, final_alone = op(**piece)
+        assert relative_error(o_packed[:, start:start + length], o_alone) < 1e-6
+        start += length
+    assert relative_error(final_packed, final_alone) < 1e-6
+
+
+def test_unjitted_call_matches_reference():
+    case = Case(T=7, chunk_size=16, gate=True)
+    arrays, _, _ = rounded_inputs(case, jnp.float32)
+    for backend in BACKENDS:
+        o, final_state = delta_rule(**arrays, return_final_state=True, backend=backend)
+        o_ref, final_ref = reference_forward(case, jnp.float32)
+        assert relative_error(o, o_ref) < 1e-5
+        assert relative_error(final_state, final_ref) < 1e-5
+
+
+def test_final_state_is_none_unless_asked_for():
+    arrays, _, _ = rounded_inputs(Case(T=7), jnp.float32)
+    o, final_state = delta_rule(**arrays, backend="recurrent")
+    assert final_state is None and o.shape == arrays["v"].shape
