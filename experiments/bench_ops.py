@@ -116,9 +116,10 @@ def main(argv):
     platform = jax.default_backend()
     out = FLAGS.out or os.path.join(preset["out_dir"], f"{platform}-ops.md")
     device = jax.devices()[0]
+    device_kind = f"{os.cpu_count()}-core CPU" if platform == "cpu" else device.device_kind
     B, H, D = FLAGS.batch, FLAGS.heads, FLAGS.head_dim
     header = (f"# delta_rule backends on {platform}\n\n"
-              f"{datetime.date.today().isoformat()}, device: {device.device_kind} "
+              f"{datetime.date.today().isoformat()}, device: {device_kind} "
               f"({jax.device_count()} x {platform}), JAX {jax.__version__}. "
               f"B={B}, H={H}, K=V={D}, {FLAGS.dtype}, chunk_size={FLAGS.chunk_size}, "
               f"L2-normalised k, beta in [0, 1]; medians of {repeats} calls.")
