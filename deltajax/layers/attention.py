@@ -1,0 +1,64 @@
+"""Causal softmax attention with RoPE, global or sliding-window, with a KV cache for decoding."""
+
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from deltajax.ops import cached_attention, causal_attention, rope
+
+
+class Attention(nn.Module):
+    """Multi-head causal attention (jax.nn.dot_product_attention); `window_size` makes it
+    sliding-window: each token attends to itself and the window_size - 1 tokens before it."""
+
+    d_model: int
+    num_heads: int
+    head_dim: Optional[int] = None
+    window_size: Optional[int] = None
+    rope_theta: float = 10000.0
+    dtype: Any = jnp.float32
+
+    @property
+    def key_dim(self) -> int:
+        return self.head_dim or self.d_model // self.num_heads
+
+    def setup(self):
+        if self.head_dim is None and self.d_model % self.num_heads:
+            raise ValueError(f"num_heads={self.num_heads} must divide d_model={self.d_model}")
+        if self.window_size is not None and self.window_size < 1:
+            raise ValueError(f"window_size must be >= 1 or None, got {self.window_size}")
+        dense = lambda features: nn.Dense(features, use_bias=False, dtype=self.dtype)
+        width = self.num_heads * self.key_dim
+        self.q_proj, self.k_proj, self.v_proj = dense(width), dense(width), dense(width)
+        self.o_proj = dense(self.d_model)
+
+    def _project(self, x_BTD, positions_T):
+        B, T, _ = x_BTD.shape
+        heads = lambda y: y.reshape(B, T, self.num_heads, self.key_dim)
+        q = rope(heads(self.q_proj(x_BTD)), positions_T, self.rope_theta)
+        k = rope(heads(self.k_proj(x_BTD)), positions_T, self.rope_theta)
+        return q, k, heads(self.v_proj(x_BTD))
+
+    def __call__(self, x_BTD: jax.Array) -> jax.Array:
+        B, T, _ = x_BTD.shape
+        q, k, v = self._project(x_BTD, jnp.arange(T))
+        o_BTHD = causal_attention(q, k, v, window=self.window_size)
+        return self.o_proj(o_BTHD.reshape(B, T, -1))
+
+    def extend(self, x_BTD: jax.Array, cache: dict) -> tuple[jax.Array, dict]:
+        """Appends x's tokens to the KV cache and attends over it. The caller keeps
+        pos + T <= max_len (`generate` checks it): an overflowing write would be clamped."""
+        B, T, _ = x_BTD.shape
+        start = cache["pos"]
+        q, k, v = self._project(x_BTD, start + jnp.arange(T))
+        k_cache = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), (0, start, 0, 0))
+        v_cache = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), (0, start, 0, 0))
+        o_BTHD = cached_attention(q, k_cache, v_cache, start=start, window=self.window_size)
+        return self.o_proj(o_BTHD.reshape(B, T, -1)), {"k": k_cache, "v": v_cache, "pos": start + T}
+
+    def init_cache(self, batch: int, max_len: int) -> dict:
+        shape = (batch, max_len, self.num_heads, self.key_dim)
+        return {"k": jnp.zeros(shape, self.dtype), "v": jnp.zeros(shape, self.dtype),
+                "pos": jnp.zeros((), jnp.int32)}

@@ -1,0 +1,76 @@
+"""LanguageModel: embedding, pre-norm blocks of (mixer, optional SwiGLU MLP), RMSNorm, head."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from deltajax.layers import SwiGLU
+from deltajax.models.config import ModelConfig
+from deltajax.models.mixers import build_mixer
+
+
+class Block(nn.Module):
+    config: ModelConfig
+    mixer_name: str
+
+    def setup(self):
+        c = self.config
+        self.mixer_norm = nn.RMSNorm(epsilon=c.norm_eps, dtype=c.jnp_dtype)
+        self.mixer = build_mixer(c, self.mixer_name)
+        if c.mlp:
+            self.mlp_norm = nn.RMSNorm(epsilon=c.norm_eps, dtype=c.jnp_dtype)
+            self.mlp = SwiGLU(c.mlp_dim, dtype=c.jnp_dtype)
+
+    def _with_mlp(self, x_BTD):
+        return x_BTD + self.mlp(self.mlp_norm(x_BTD)) if self.config.mlp else x_BTD
+
+    def __call__(self, x_BTD):
+        return self._with_mlp(x_BTD + self.mixer(self.mixer_norm(x_BTD)))
+
+    def extend(self, x_BTD, cache):
+        y_BTD, cache = self.mixer.extend(self.mixer_norm(x_BTD), cache)
+        return self._with_mlp(x_BTD + y_BTD), cache
+
+
+class LanguageModel(nn.Module):
+    """tokens [B, T] -> float32 logits [B, T, vocab]. Decoding: init_cache, extend, decode_step."""
+
+    config: ModelConfig
+
+    def setup(self):
+        c = self.config
+        self.embed = nn.Embed(c.vocab_size, c.d_model, embedding_init=nn.initializers.normal(0.02),
+                              dtype=c.jnp_dtype)
+        self.blocks = [Block(c, name) for name in c.mixers]
+        self.final_norm = nn.RMSNorm(epsilon=c.norm_eps, dtype=c.jnp_dtype)
+        if not c.tie_embeddings:
+            self.head = nn.Dense(c.vocab_size, use_bias=False, dtype=c.jnp_dtype)
+
+    def _logits(self, x_BTD):
+        x_BTD = self.final_norm(x_BTD)
+        logits = self.embed.attend(x_BTD) if self.config.tie_embeddings else self.head(x_BTD)
+        return logits.astype(jnp.float32)
+
+    def __call__(self, tokens_BT: jax.Array) -> jax.Array:
+        x_BTD = self.embed(tokens_BT)
+        for block in self.blocks:
+            x_BTD = block(x_BTD)
+        return self._logits(x_BTD)
+
+    def extend(self, tokens_BT: jax.Array, cache: tuple) -> tuple[jax.Array, tuple]:
+        """Logits of tokens that continue the cached sequence, and the cache after them."""
+        x_BTD = self.embed(tokens_BT)
+        new_cache = []
+        for block, layer_cache in zip(self.blocks, cache):
+            x_BTD, layer_cache = block.extend(x_BTD, layer_cache)
+            new_cache.append(layer_cache)
+        return self._logits(x_BTD), tuple(new_cache)
+
+    def decode_step(self, tokens_B: jax.Array, cache: tuple) -> tuple[jax.Array, tuple]:
+        logits_B1V, cache = self.extend(tokens_B[:, None], cache)
+        return logits_B1V[:, 0], cache
+
+    def init_cache(self, batch: int, max_len: int) -> tuple:
+        """Per-layer caches of an empty sequence; needs no parameters (callable unbound)."""
+        return tuple(build_mixer(self.config, name, parent=None).init_cache(batch, max_len)
+                     for name in self.config.mixers)

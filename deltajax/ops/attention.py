@@ -1,0 +1,86 @@
+"""Attention helpers for the baselines: rotary embeddings, causal softmax attention (full or
+sliding-window, over a whole sequence or against a KV cache), and causal linear attention."""
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+_PRECISION = jax.lax.Precision.HIGHEST
+
+
+def rope(x_BTHD: jax.Array, positions_T: jax.Array, theta: float = 10000.0) -> jax.Array:
+    """Rotary position embedding (rotate-half convention) at integer positions."""
+    D = x_BTHD.shape[-1]
+    if D % 2:
+        raise ValueError(f"rope needs an even head dimension, got {D}")
+    inv_freq_F = theta ** (-jnp.arange(0, D, 2, dtype=jnp.float32) / D)
+    angle_TF = positions_T.astype(jnp.float32)[:, None] * inv_freq_F[None, :]
+    cos_1T1F, sin_1T1F = jnp.cos(angle_TF)[None, :, None], jnp.sin(angle_TF)[None, :, None]
+    x1, x2 = jnp.split(x_BTHD.astype(jnp.float32), 2, axis=-1)
+    rotated = jnp.concatenate([x1 * cos_1T1F - x2 * sin_1T1F, x2 * cos_1T1F + x1 * sin_1T1F], -1)
+    return rotated.astype(x_BTHD.dtype)
+
+
+def causal_attention(q_BTHD, k_BTHD, v_BTHD, *, window: Optional[int] = None) -> jax.Array:
+    """Causal softmax attention; with `window`, each token sees itself and window - 1 before it."""
+    local = None if window is None else (window - 1, 0)
+    return jax.nn.dot_product_attention(q_BTHD, k_BTHD, v_BTHD, is_causal=True,
+                                        local_window_size=local)
+
+
+def cached_attention(q_BTHD, k_cache_BSHD, v_cache_BSHD, *, start: jax.Array,
+                     window: Optional[int] = None) -> jax.Array:
+    """Queries at positions start .. start+T-1 against a cache already holding their keys."""
+    T, S = q_BTHD.shape[1], k_cache_BSHD.shape[1]
+    query_pos_T1 = start + jnp.arange(T)[:, None]
+    key_pos_1S = jnp.arange(S)[None, :]
+    visible_TS = key_pos_1S <= query_pos_T1
+    if window is not None:
+        visible_TS = visible_TS & (key_pos_1S > query_pos_T1 - window)
+    return jax.nn.dot_product_attention(q_BTHD, k_cache_BSHD, v_cache_BSHD,
+                                        mask=visible_TS[None, None])
+
+
+def linear_attention(
+    q_BTHK: jax.Array,
+    k_BTHK: jax.Array,
+    v_BTHV: jax.Array,
+    *,
+    scale: Optional[float] = None,
+    initial_state: Optional[jax.Array] = None,
+    return_final_state: bool = False,
+    chunk_size: int = 64,
+) -> tuple[jax.Array, Optional[jax.Array]]:
+    """Causal linear attention S_t = S_{t-1} + k_t v_t^T, o_t = S_t^T (scale q_t), chunkwise.
+
+    No normalising denominator (layers normalise the output). State and accumulation are float32;
+    o comes back in the dtype of v.
+    """
+    B, T, H, K = q_BTHK.shape
+    V = v_BTHV.shape[-1]
+    scale = K ** -0.5 if scale is None else scale
+    C = min(chunk_size, 1 << (T - 1).bit_length())
+    N = -(-T // C)
+
+    def to_chunks(x_BTH_):
+        x = jnp.pad(x_BTH_.astype(jnp.float32), [(0, 0), (0, N * C - T), (0, 0), (0, 0)])
+        return jnp.moveaxis(x.reshape(B, N, C, H, x.shape[-1]), (1, 3), (0, 2))  # [N,B,H,C,.]
+
+    causal_11CC = jnp.tril(jnp.ones((1, 1, C, C), jnp.float32))
+
+    def step(S_BHKV, chunk):
+        q_BHCK, k_BHCK, v_BHCV = chunk
+        scores_BHCC = jnp.einsum("bhik,bhjk->bhij", q_BHCK, k_BHCK, precision=_PRECISION)
+        o_BHCV = (jnp.einsum("bhck,bhkv->bhcv", q_BHCK, S_BHKV, precision=_PRECISION)
+                  + jnp.einsum("bhij,bhjv->bhiv", scores_BHCC * causal_11CC, v_BHCV,
+                               precision=_PRECISION))
+        S_next = S_BHKV + jnp.einsum("bhck,bhcv->bhkv", k_BHCK, v_BHCV, precision=_PRECISION)
+        return S_next, o_BHCV
+
+    S0 = (jnp.zeros((B, H, K, V), jnp.float32) if initial_state is None
+          else initial_state.astype(jnp.float32))
+    final_state, o_NBHCV = jax.lax.scan(
+        step, S0, (to_chunks(q_BTHK) * scale, to_chunks(k_BTHK), to_chunks(v_BTHV)))
+    o_BTHV = jnp.moveaxis(o_NBHCV, (0, 2), (1, 3)).reshape(B, N * C, H, V)[:, :T]
+    return o_BTHV.astype(v_BTHV.dtype), (final_state if return_final_state else None)
