@@ -9,6 +9,7 @@ import pytest
 
 from deltajax.ops import delta_rule
 from tests.ops.cases import Case, cotangents, make_inputs
+from tests.numerics import relative_error
 from tests.ops.reference import delta_rule_reference, delta_rule_reference_jax
 
 BACKENDS = ("recurrent", "chunked")
@@ -29,12 +30,6 @@ BF16_CASES = [
     Case(T=100, chunk_size=32, gate=True, initial_state=True),
     Case(T=257, chunk_size=64, gate=True, initial_state=True, segments=True, beta_max=2.0),
 ]
-
-
-def relative_error(actual, expected) -> float:
-    actual = np.asarray(actual, np.float64)
-    assert np.all(np.isfinite(actual)), "non-finite values"
-    return float(np.linalg.norm(actual - expected) / np.linalg.norm(expected))
 
 
 @functools.partial(jax.jit, static_argnames=("backend", "chunk_size"))
