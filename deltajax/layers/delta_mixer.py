@@ -103,9 +103,10 @@ class DeltaRuleMixer(nn.Module):
         q, k, v = self.q_proj(x_BTD), self.k_proj(x_BTD), self.v_proj(x_BTD)
         new_cache = {}
         if self.use_short_conv:
-            tails = (None,) * 3 if cache is None else (cache["conv_q"], cache["conv_k"], cache["conv_v"])
-            (q, new_cache["conv_q"]), (k, new_cache["conv_k"]), (v, new_cache["conv_v"]) = (
-                self.q_conv(q, tails[0]), self.k_conv(k, tails[1]), self.v_conv(v, tails[2]))
+            tail = lambda name: None if cache is None else cache[name]
+            q, new_cache["conv_q"] = self.q_conv(q, tail("conv_q"))
+            k, new_cache["conv_k"] = self.k_conv(k, tail("conv_k"))
+            v, new_cache["conv_v"] = self.v_conv(v, tail("conv_v"))
         else:
             q, k, v = jax.nn.silu(q), jax.nn.silu(k), jax.nn.silu(v)
         q_BTHK = l2_normalize(q.reshape(B, T, H, K))
