@@ -15,4 +15,4 @@ run: $(STAMP)
 	$(VENV)/bin/python experiments/bench_ops.py --preset=small
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q tests --nbmake notebooks
