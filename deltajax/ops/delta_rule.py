@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from deltajax.ops.chunked import delta_rule_chunked
+from deltajax.ops.pallas import delta_rule_pallas
 from deltajax.ops.recurrent import delta_rule_recurrent
 
 BACKENDS = ("auto", "recurrent", "chunked", "pallas")
@@ -70,7 +71,7 @@ def delta_rule(
     elif backend == "chunked":
         o, final_state = delta_rule_chunked(q, k, v, beta, chunk_size=int(chunk_size), **kwargs)
     else:
-        raise ValueError("backend='pallas' is not available yet; use 'chunked' or 'recurrent'")
+        o, final_state = delta_rule_pallas(q, k, v, beta, chunk_size=int(chunk_size), **kwargs)
 
     if invalid is not None:
         o = jnp.where(invalid, jnp.array(jnp.nan, o.dtype), o)
@@ -80,8 +81,11 @@ def delta_rule(
 def _resolve(backend: str, T: int) -> str:
     if backend != "auto":
         return backend
-    # One token (a decode step) is a single recurrent update; anything longer is chunked.
-    return "recurrent" if T == 1 else "chunked"
+    # One token (a decode step) is a single recurrent update. Longer sequences take the Pallas
+    # kernels where they compile natively; on CPU Pallas only interprets, so XLA's chunked form.
+    if T == 1:
+        return "recurrent"
+    return "pallas" if jax.default_backend() in ("gpu", "cuda", "rocm", "tpu") else "chunked"
 
 
 def _shape_error(name, expected, x):

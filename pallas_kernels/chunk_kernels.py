@@ -1,0 +1,111 @@
+"""The two chunk-parallel kernels, one program per (batch*head, chunk), on GPU and TPU alike.
+
+`prepare` computes each chunk's WY factors W, U (the UT solve); `chunk_grads` recomputes them and
+turns (S, dS', dO) of a chunk into the cotangents of its inputs. Neither carries anything between
+chunks, so both grids are fully parallel; the sequential state passes live in delta_rule_gpu.py
+and delta_rule_tpu.py. Block shapes are (C, head_dim) tiles, (C, 1) columns and (1, C) rows:
+powers of two for Triton, and full trailing dims or multiples of 8 sublanes for Mosaic TPU.
+"""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+
+from pallas_kernels import chunk_math
+
+
+class TokenScalars(NamedTuple):
+    """Per-token f32 scalars in the two layouts the kernels load."""
+    beta_col: jax.Array   # [BH, Tp, 1]
+    G_col: jax.Array      # [BH, Tp, 1] within-chunk cumulative log-gate
+    G_row: jax.Array      # [BH, N, 1, C]
+    c_col: jax.Array      # [BH, Tp, 1] segment starts so far in the chunk (0 = entering segment)
+    c_row: jax.Array      # [BH, N, 1, C]
+
+
+def token_scalars(beta_BHT, G_BHT, c_BHT, C: int) -> TokenScalars:
+    BH, Tp = beta_BHT.shape
+    col = lambda x: x.astype(jnp.float32).reshape(BH, Tp, 1)
+    row = lambda x: x.astype(jnp.float32).reshape(BH, Tp // C, 1, C)
+    return TokenScalars(col(beta_BHT), col(G_BHT), row(G_BHT), col(c_BHT), row(c_BHT))
+
+
+def _tile(C, d):
+    return pl.BlockSpec((None, C, d), lambda bh, n: (bh, n, 0))
+
+
+def _scalar_specs(C):
+    col = pl.BlockSpec((None, C, 1), lambda bh, n: (bh, n, 0))
+    row = pl.BlockSpec((None, None, 1, C), lambda bh, n: (bh, n, 0, 0))
+    return [col, col, row, col, row]
+
+
+def load_decay(G_col_ref, G_row_ref, c_col_ref, c_row_ref) -> chunk_math.Decay:
+    return chunk_math.decay(G_col_ref[...], G_row_ref[...], c_col_ref[...], c_row_ref[...])
+
+
+def _prepare_kernel(k_ref, v_ref, beta_ref, Gc_ref, Gr_ref, cc_ref, cr_ref, w_ref, u_ref, *,
+                    dtype):
+    f32 = lambda ref: ref[...].astype(jnp.float32)
+    dk = load_decay(Gc_ref, Gr_ref, cc_ref, cr_ref)
+    f = chunk_math.factors(f32(k_ref), f32(v_ref), beta_ref[...], dk, dtype)
+    w_ref[...] = f.W_CK
+    u_ref[...] = f.U_CV
+
+
+def prepare(k_BHTK, v_BHTV, tok: TokenScalars, *, C: int, call_params: dict):
+    """W [BH, Tp, K] and U [BH, Tp, V] (float32) of every chunk."""
+    BH, Tp, K = k_BHTK.shape
+    V = v_BHTV.shape[-1]
+    kernel = lambda *refs: _prepare_kernel(*refs, dtype=k_BHTK.dtype)
+    return pl.pallas_call(
+        kernel,
+        grid=(BH, Tp // C),
+        in_specs=[_tile(C, K), _tile(C, V)] + _scalar_specs(C),
+        out_specs=[_tile(C, K), _tile(C, V)],
+        out_shape=[jax.ShapeDtypeStruct((BH, Tp, K), jnp.float32),
+                   jax.ShapeDtypeStruct((BH, Tp, V), jnp.float32)],
+        name="delta_rule_prepare",
+        **call_params,
+    )(k_BHTK, v_BHTV, *tok)
+
+
+def _grads_kernel(q_ref, k_ref, v_ref, beta_ref, Gc_ref, Gr_ref, cc_ref, cr_ref, s_ref, ds_ref,
+                  do_ref, dq_ref, dk_ref, dv_ref, dbeta_ref, dG_ref, *, dtype):
+    f32 = lambda ref: ref[...].astype(jnp.float32)
+    q, k, v, beta = f32(q_ref), f32(k_ref), f32(v_ref), beta_ref[...]
+    f = chunk_math.factors(k, v, beta, load_decay(Gc_ref, Gr_ref, cc_ref, cr_ref), dtype)
+    dq, dk, dv, dbeta, dG = chunk_math.chunk_backward(
+        q, k, v, beta, f, s_ref[...], ds_ref[...], f32(do_ref), dtype)
+    dq_ref[...] = dq
+    dk_ref[...] = dk
+    dv_ref[...] = dv
+    dbeta_ref[...] = dbeta
+    dG_ref[...] = dG
+
+
+def chunk_grads(q_BHTK, k_BHTK, v_BHTV, tok: TokenScalars, states_BHNKV, dstates_BHNKV,
+                do_BHTV, *, C: int, call_params: dict):
+    """float32 (dq, dk [BH, Tp, K], dv [BH, Tp, V], dbeta, dG [BH, Tp, 1]).
+
+    states[n] is the state entering chunk n, dstates[n] the cotangent of the state leaving it.
+    """
+    BH, Tp, K = q_BHTK.shape
+    V = v_BHTV.shape[-1]
+    state = pl.BlockSpec((None, None, K, V), lambda bh, n: (bh, n, 0, 0))
+    col = pl.BlockSpec((None, C, 1), lambda bh, n: (bh, n, 0))
+    f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
+    kernel = lambda *refs: _grads_kernel(*refs, dtype=q_BHTK.dtype)
+    return pl.pallas_call(
+        kernel,
+        grid=(BH, Tp // C),
+        in_specs=[_tile(C, K), _tile(C, K), _tile(C, V)] + _scalar_specs(C)
+        + [state, state, _tile(C, V)],
+        out_specs=[_tile(C, K), _tile(C, K), _tile(C, V), col, col],
+        out_shape=[f32(BH, Tp, K), f32(BH, Tp, K), f32(BH, Tp, V), f32(BH, Tp, 1),
+                   f32(BH, Tp, 1)],
+        name="delta_rule_chunk_grads",
+        **call_params,
+    )(q_BHTK, k_BHTK, v_BHTV, *tok, states_BHNKV, dstates_BHNKV, do_BHTV)

@@ -1,0 +1,42 @@
+"""Running backend="pallas" on one kernel set, and the cases the kernel tests share."""
+
+import jax
+import jax.numpy as jnp
+
+from deltajax.ops import delta_rule
+from deltajax.ops.pallas import TARGET_ENV
+from tests.ops.cases import Case, cotangents
+from tests.ops.test_delta_rule import rounded_inputs
+
+# Small enough for interpret mode; every feature, ragged T, and head dims that need padding
+# (V=72 pads to 128: two value blocks in the GPU state passes).
+CASES = [
+    Case(T=7, chunk_size=16, gate=True, B=1),
+    Case(T=64, chunk_size=16, gate=True, initial_state=True, B=1),
+    Case(T=100, chunk_size=32, segments=True, B=1),
+    Case(T=50, chunk_size=16, gate=True, normalize_k=False, beta_max=0.1, B=1),
+    Case(T=70, chunk_size=16, gate=True, initial_state=True, segments=True, beta_max=2.0),
+    Case(T=40, chunk_size=16, gate=True, initial_state=True, beta_max=2.0, B=1, K=24, V=72),
+]
+BF16_CASES = [Case(T=70, chunk_size=32, gate=True, initial_state=True, segments=True,
+                   beta_max=2.0, B=1)]
+
+
+def forward_and_vjp(arrays, segment_ids, do, dfinal, *, backend="pallas", chunk_size=16):
+    def op(arrays):
+        return delta_rule(**arrays, segment_ids=segment_ids, return_final_state=True,
+                          backend=backend, chunk_size=chunk_size)
+    (o, final_state), vjp = jax.vjp(op, arrays)
+    (grads,) = vjp((do.astype(o.dtype), dfinal))
+    return o, final_state, grads
+
+
+def run(case: Case, target: str, monkeypatch, dtype=jnp.float32, backend="pallas"):
+    """(o, final_state, grads) of one jitted call with the kernels of target ("gpu" | "tpu")."""
+    monkeypatch.setenv(TARGET_ENV, target)
+    arrays, _, segment_ids = rounded_inputs(case, dtype)
+    do, dfinal = cotangents(case)
+    # A fresh jit per call: the kernel set is picked at trace time from the environment.
+    fn = jax.jit(forward_and_vjp, static_argnames=("backend", "chunk_size"))
+    return fn(arrays, segment_ids, jnp.asarray(do, jnp.float32), jnp.asarray(dfinal, jnp.float32),
+              backend=backend, chunk_size=case.chunk_size)
