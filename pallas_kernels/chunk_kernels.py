@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from pallas_kernels import chunk_math
+from pallas_kernels.shapes import out_struct
 
 
 class TokenScalars(NamedTuple):
@@ -65,8 +66,8 @@ def prepare(k_BHTK, v_BHTV, tok: TokenScalars, *, C: int, call_params: dict):
         grid=(BH, Tp // C),
         in_specs=[_tile(C, K), _tile(C, V)] + _scalar_specs(C),
         out_specs=[_tile(C, K), _tile(C, V)],
-        out_shape=[jax.ShapeDtypeStruct((BH, Tp, K), jnp.float32),
-                   jax.ShapeDtypeStruct((BH, Tp, V), jnp.float32)],
+        out_shape=[out_struct((BH, Tp, K), jnp.float32, (k_BHTK, v_BHTV, *tok)),
+                   out_struct((BH, Tp, V), jnp.float32, (k_BHTK, v_BHTV, *tok))],
         name="delta_rule_prepare",
         **call_params,
     )(k_BHTK, v_BHTV, *tok)
@@ -96,7 +97,8 @@ def chunk_grads(q_BHTK, k_BHTK, v_BHTV, tok: TokenScalars, states_BHNKV, dstates
     V = v_BHTV.shape[-1]
     state = pl.BlockSpec((None, None, K, V), lambda bh, n: (bh, n, 0, 0))
     col = pl.BlockSpec((None, C, 1), lambda bh, n: (bh, n, 0))
-    f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
+    inputs = (q_BHTK, k_BHTK, v_BHTV, *tok, states_BHNKV, dstates_BHNKV, do_BHTV)
+    f32 = lambda *shape: out_struct(shape, jnp.float32, inputs)
     kernel = lambda *refs: _grads_kernel(*refs, dtype=q_BHTK.dtype)
     return pl.pallas_call(
         kernel,
@@ -108,4 +110,4 @@ def chunk_grads(q_BHTK, k_BHTK, v_BHTV, tok: TokenScalars, states_BHNKV, dstates
                    f32(BH, Tp, 1)],
         name="delta_rule_chunk_grads",
         **call_params,
-    )(q_BHTK, k_BHTK, v_BHTV, *tok, states_BHNKV, dstates_BHNKV, do_BHTV)
+    )(*inputs)

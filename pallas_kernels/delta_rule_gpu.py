@@ -16,6 +16,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
 from pallas_kernels import chunk_math, chunked_vjp
+from pallas_kernels.shapes import out_struct
 from pallas_kernels.chunk_kernels import TokenScalars
 
 MIN_CHUNK = 16
@@ -76,13 +77,14 @@ def _forward_pass(q, k, W, U, tok: TokenScalars, S0, *, C, interpret):
     V = U.shape[-1]
     N, BV = Tp // C, _value_block(V)
     kernel = functools.partial(_forward_kernel, C=C, N=N, BV=BV, dtype=q.dtype)
+    inputs = (q, k, W, U, *tok, S0)
     return pl.pallas_call(
         kernel, grid=(V // BV, BH),
-        out_shape=[jax.ShapeDtypeStruct((BH, Tp, V), q.dtype),
-                   jax.ShapeDtypeStruct((BH, N, K, V), jnp.float32),
-                   jax.ShapeDtypeStruct((BH, K, V), jnp.float32)],
+        out_shape=[out_struct((BH, Tp, V), q.dtype, inputs),
+                   out_struct((BH, N, K, V), jnp.float32, inputs),
+                   out_struct((BH, K, V), jnp.float32, inputs)],
         name="delta_rule_forward_gpu", **_params(interpret),
-    )(q, k, W, U, *tok, S0)
+    )(*inputs)
 
 
 def _backward_pass(q, k, W, do, tok: TokenScalars, dfinal, *, C, interpret):
@@ -90,12 +92,13 @@ def _backward_pass(q, k, W, do, tok: TokenScalars, dfinal, *, C, interpret):
     V = do.shape[-1]
     N, BV = Tp // C, _value_block(V)
     kernel = functools.partial(_backward_kernel, C=C, N=N, BV=BV, dtype=q.dtype)
+    inputs = (q, k, W, do, *tok, dfinal)
     return pl.pallas_call(
         kernel, grid=(V // BV, BH),
-        out_shape=[jax.ShapeDtypeStruct((BH, N, K, V), jnp.float32),
-                   jax.ShapeDtypeStruct((BH, K, V), jnp.float32)],
+        out_shape=[out_struct((BH, N, K, V), jnp.float32, inputs),
+                   out_struct((BH, K, V), jnp.float32, inputs)],
         name="delta_rule_backward_gpu", **_params(interpret),
-    )(q, k, W, do, *tok, dfinal)
+    )(*inputs)
 
 
 @functools.lru_cache(maxsize=None)
