@@ -50,8 +50,9 @@ def test_prefill_then_token_by_token_decoding_reproduces_the_forward(name):
     assert relative_error(jnp.stack(steps, 1), logits[:, 4:]) < 1e-4
 
 
+@pytest.mark.parametrize("backend", ["chunked", "pallas"])
 @pytest.mark.parametrize("name", ["deltanet", "gated_deltanet", "delta_product", "hybrid"])
-def test_recurrent_and_chunked_backends_give_the_same_model(name):
+def test_every_backend_gives_the_recurrent_model(name, backend):
     config = CONFIGS[name]
     _, params = model_and_params(config)
     targets = jnp.roll(TOKENS, -1, axis=1)
@@ -63,9 +64,9 @@ def test_recurrent_and_chunked_backends_give_the_same_model(name):
             return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], -1))
         return jax.jit(jax.value_and_grad(loss))(params)
 
-    (loss_rec, grads_rec), (loss_chk, grads_chk) = loss_and_grads("recurrent"), loss_and_grads("chunked")
-    assert abs(float(loss_rec - loss_chk)) < 1e-5 * abs(float(loss_rec))
-    for path, grad in jax.tree_util.tree_leaves_with_path(grads_chk):
+    (loss_rec, grads_rec), (loss_fast, grads_fast) = loss_and_grads("recurrent"), loss_and_grads(backend)
+    assert abs(float(loss_rec - loss_fast)) < 1e-5 * abs(float(loss_rec))
+    for path, grad in jax.tree_util.tree_leaves_with_path(grads_fast):
         grad_rec = functools.reduce(lambda tree, key: tree[key.key], path, grads_rec)
         assert relative_error(grad, grad_rec) < 1e-4, jax.tree_util.keystr(path)
 
