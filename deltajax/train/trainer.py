@@ -1,0 +1,182 @@
+"""fit: the training loop over a model and a grain source, with resume, evaluation and logging.
+
+The same call runs on one CPU and on many hosts: the config decides the mesh, and each host
+feeds its own rows of every global batch.
+"""
+
+import functools
+import os
+import time
+from typing import NamedTuple, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from deltajax.data import make_dataset, make_iterator
+from deltajax.train import checkpoint as ckpt
+from deltajax.train import logging as tb
+from deltajax.train import sharding, step as step_lib
+from deltajax.train.config import merge_with_defaults, validate_config
+from deltajax.train.evaluate import evaluate
+from deltajax.train.optimizer import make_optimizer
+
+
+class FitResult(NamedTuple):
+    state: step_lib.TrainState   # final state (replicated over the mesh)
+    history: list                # one dict of host floats per step run by this call
+    eval_metrics: dict           # the last evaluation ({} if none)
+
+
+def fit(config, model: nn.Module, train_source: Sequence, workdir: str, *,
+        eval_source: Optional[Sequence] = None, devices: Optional[Sequence] = None,
+        stop_at: Optional[int] = None) -> FitResult:
+    """Train `model` on `train_source` for config.num_steps, resuming from workdir if it holds
+    a checkpoint. Writes workdir/checkpoints, workdir/tensorboard.
+
+    stop_at ends this call after that step (as a preemption would); a later call resumes.
+    devices defaults to every device of every host."""
+    config = merge_with_defaults(config)
+    sharding.maybe_initialize_distributed(config)
+    devices = jax.devices() if devices is None else list(devices)
+    validate_config(config, num_devices=len(devices), num_processes=jax.process_count())
+    if len(train_source) < config.global_batch_size:
+        raise ValueError(f"train_source has {len(train_source)} examples, fewer than "
+                         f"config.global_batch_size={config.global_batch_size}")
+    mesh = sharding.make_mesh(config, devices)
+    tx, schedule = make_optimizer(config)
+    dataset = make_dataset(train_source, seed=config.seed,
+                           global_batch_size=config.global_batch_size,
+                           shuffle=config.data.shuffle, num_epochs=config.data.num_epochs)
+    data_iter = make_iterator(dataset, prefetch_threads=config.data.prefetch_threads,
+                              prefetch_buffer=config.data.prefetch_buffer)
+
+    state_sharding, state = _init(config, model, tx, mesh, np.asarray(train_source[0]["inputs"]))
+    managers = _managers(config, workdir)
+    state = _resume(config, managers, state, data_iter)
+    start = int(state.step)
+
+    pmap = config.mesh.parallelism == "pmap"
+    if pmap:
+        local = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+        train_fn = step_lib.pmap_train_step(config, model=model, tx=tx, schedule=schedule)
+        state = jax.device_put_replicated(state, local)
+    else:
+        train_fn = step_lib.jit_train_step(config, model=model, tx=tx, schedule=schedule,
+                                           state_shardings=state_sharding,
+                                           batch_sharding=sharding.batch_sharding(mesh))
+    eval_fn = jax.jit(functools.partial(step_lib.eval_step, model=model,
+                                        compute_dtype=config.compute_dtype))
+    writer = tb.make_writer(os.path.join(workdir, "tensorboard"))
+    if start == 0:
+        tb.write_config(writer, config)
+    end = config.num_steps if stop_at is None else min(stop_at, config.num_steps)
+    bar = tb.progress_bar(config.num_steps, start, config.logging.progress_bar)
+    history, eval_metrics = [], {}
+    last_time = time.perf_counter()
+    for step in range(start + 1, end + 1):
+        host_batch = next(data_iter)
+        if pmap:
+            state, metrics = train_fn(state, sharding.split_for_pmap(host_batch, len(local)))
+            metrics = jax.tree.map(lambda x: x[0], metrics)
+        else:
+            state, metrics = train_fn(state, sharding.shard_batch(host_batch, mesh))
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        now = time.perf_counter()
+        metrics["step_time_s"] = now - last_time
+        metrics["tokens_per_s"] = config.global_batch_size * host_batch["inputs"].shape[1] / (
+            now - last_time)
+        last_time = now
+        if not np.isfinite(metrics["loss"]) or not np.isfinite(metrics["grad_norm"]):
+            raise FloatingPointError(f"step {step}: loss={metrics['loss']}, grad_norm="
+                                     f"{metrics['grad_norm']}; the last checkpoint is kept")
+        history.append({"step": step, **metrics})
+        bar.update(1)
+        bar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
+        if step % config.logging.every_steps == 0 or step == end:
+            tb.write_scalars(writer, step, {f"train/{k}": v for k, v in metrics.items()
+                                            if k != "tokens"})
+        canonical = _unreplicate(state) if pmap else state
+        hist_every = config.logging.histogram_every_steps
+        if hist_every and step % hist_every == 0:
+            tb.write_histograms(writer, step, canonical.params)
+        if eval_source is not None and _due(step, config.eval.every_steps, config.num_steps):
+            eval_metrics = evaluate(config, eval_fn, canonical.params, eval_source,
+                                    None if pmap else mesh)
+            tb.write_scalars(writer, step, eval_metrics)
+            if managers.get("best") is not None:
+                ckpt.save(managers["best"], step, canonical, None, eval_metrics)
+        if "last" in managers and _due(step, config.checkpoint.every_steps, end):
+            ckpt.save(managers["last"], step, canonical, data_iter)
+    bar.close()
+    for manager in managers.values():
+        manager.wait_until_finished()
+        manager.close()
+    if writer is not None:
+        writer.close()
+    return FitResult(_unreplicate(state) if pmap else state, history, eval_metrics)
+
+
+def _due(step: int, every: int, last: int) -> bool:
+    return bool(every) and (step % every == 0 or step == last)
+
+
+def _unreplicate(state):
+    return jax.tree.map(lambda x: x[0], state)
+
+
+def _init(config, model, tx, mesh, example_inputs_T):
+    """The state made directly in its shardings (never whole on one device)."""
+    tokens_1T = jnp.asarray(example_inputs_T[None, :], jnp.int32)
+    init = functools.partial(step_lib.init_state, model, tx, tokens_BT=tokens_1T)
+    rng = jax.random.PRNGKey(config.seed)
+    state_sharding = sharding.tree_shardings(jax.eval_shape(init, rng), mesh)
+    return state_sharding, jax.jit(init, out_shardings=state_sharding)(rng)
+
+
+def _managers(config, workdir) -> dict:
+    managers = {}
+    if config.checkpoint.every_steps:
+        managers["last"] = ckpt.make_manager(os.path.join(workdir, "checkpoints"), config)
+    if config.checkpoint.best_metric:
+        managers["best"] = ckpt.make_manager(os.path.join(workdir, "checkpoints_best"), config,
+                                             best=True)
+    return managers
+
+
+def _resume(config, managers, state, data_iter):
+    """The latest checkpoint of this run, else of config.checkpoint.restore_dir, else state."""
+    abstract = ckpt.abstract_like(state)
+    restored = None
+    if "last" in managers:
+        restored = ckpt.restore_latest(managers["last"], abstract, data_iter)
+    if restored is None and config.checkpoint.restore_dir:
+        other = ckpt.make_manager(config.checkpoint.restore_dir, config)
+        restored = ckpt.restore_latest(other, abstract, data_iter)
+        other.close()
+        if restored is None:
+            raise ValueError(f"config.checkpoint.restore_dir={config.checkpoint.restore_dir!r} "
+                             "holds no restorable checkpoint")
+    return state if restored is None else restored
+
+
+def train_and_evaluate(config, workdir: str, *, model: Optional[nn.Module] = None,
+                       train_source: Optional[Sequence] = None,
+                       eval_source: Optional[Sequence] = None, **fit_kwargs) -> FitResult:
+    """The entry point of experiments and notebooks: fit with defaults for what isn't passed.
+
+    Without a model, builds deltajax.models.LanguageModel(ModelConfig(**config.model)); without
+    sources, uses the synthetic copy task of config.data."""
+    full = merge_with_defaults(config)
+    if model is None:
+        from deltajax.models import LanguageModel, ModelConfig  # only this default needs models
+        model = LanguageModel(ModelConfig(**full.model.to_dict()))
+    if train_source is None:
+        from deltajax.data import CopySource
+        d = full.data
+        train_source = CopySource(d.num_train_examples, d.seq_len, d.vocab_size, seed=full.seed)
+        eval_source = CopySource(d.num_eval_examples, d.seq_len, d.vocab_size,
+                                 seed=full.seed + 1) if eval_source is None else eval_source
+    return fit(config, model, train_source, workdir, eval_source=eval_source, **fit_kwargs)
+

@@ -1,0 +1,104 @@
+"""Checkpoints: exact resume, damaged checkpoints skipped, failed saves lose nothing, best-K."""
+
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from absl import logging as absl_logging
+
+from deltajax.train import checkpoint as ckpt
+from deltajax.train import fit
+from deltajax.train.config import merge_with_defaults
+from tests.train.helpers import EVAL_SOURCE, MODEL, TRAIN_SOURCE, tiny_config
+
+DEVICE = jax.devices()[:1]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    return fit(tiny_config(), MODEL, TRAIN_SOURCE, str(tmp_path_factory.mktemp("full")),
+               devices=DEVICE)
+
+
+def _assert_same_params(a, b):
+    jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
+
+
+def test_ten_steps_then_restore_then_ten_more_equal_twenty_steps_bit_for_bit(uninterrupted,
+                                                                               tmp_path):
+    first = fit(tiny_config(), MODEL, TRAIN_SOURCE, str(tmp_path), devices=DEVICE, stop_at=10)
+    second = fit(tiny_config(), MODEL, TRAIN_SOURCE, str(tmp_path), devices=DEVICE)
+    assert [h["step"] for h in first.history] == list(range(1, 11))
+    assert [h["step"] for h in second.history] == list(range(11, 21))
+    _assert_same_params(second.state.params, uninterrupted.state.params)
+    _assert_same_params(second.state.opt_state, uninterrupted.state.opt_state)
+    for resumed, straight in zip(first.history + second.history, uninterrupted.history):
+        for name in ("loss", "accuracy", "grad_norm", "lr"):
+            assert resumed[name] == straight[name], (resumed["step"], name)
+
+
+def test_keeps_only_the_last_k_checkpoints(uninterrupted, tmp_path):
+    fit(tiny_config(), MODEL, TRAIN_SOURCE, str(tmp_path), devices=DEVICE)
+    steps = sorted(int(name) for name in os.listdir(tmp_path / "checkpoints") if name.isdigit())
+    assert steps == [15, 20]
+
+
+def test_a_corrupt_latest_checkpoint_is_set_aside_and_the_previous_one_used(tmp_path, caplog):
+    fit(tiny_config(), MODEL, TRAIN_SOURCE, str(tmp_path), devices=DEVICE, stop_at=10)
+    state_dir = tmp_path / "checkpoints" / "10" / "state"
+    for root, _, files in os.walk(state_dir):  # truncate every array file of step 10
+        for name in files:
+            if not name.startswith("_"):
+                open(os.path.join(root, name), "wb").close()
+    half_written = tmp_path / "checkpoints" / "15.orbax-checkpoint-tmp-1"
+    half_written.mkdir()
+    absl_logging.get_absl_logger().propagate = True
+    with caplog.at_level("WARNING"):
+        resumed = fit(tiny_config(), MODEL, TRAIN_SOURCE, str(tmp_path), devices=DEVICE,
+                      stop_at=12)
+    assert "step 10" in caplog.text and "cannot be restored" in caplog.text
+    assert resumed.history[0]["step"] == 6  # restarted after step 5
+    assert (tmp_path / "checkpoints" / f"{ckpt.CORRUPT_PREFIX}10").is_dir()  # kept, not deleted
+    assert half_written.is_dir()
+
+
+def test_a_failed_save_leaves_the_earlier_checkpoints_restorable(tmp_path):
+    config = merge_with_defaults(tiny_config())
+    fit(config, MODEL, TRAIN_SOURCE, str(tmp_path), devices=DEVICE, stop_at=10)
+    manager = ckpt.make_manager(str(tmp_path / "checkpoints"), config)
+    state = fit(config, MODEL, TRAIN_SOURCE, str(tmp_path / "other"), devices=DEVICE,
+                stop_at=1).state
+
+    class BrokenIterator:
+        def get_state(self):
+            raise OSError("disk full")
+
+    with pytest.raises(Exception, match="disk full"):
+        ckpt.save(manager, 15, state, BrokenIterator())
+        manager.wait_until_finished()
+    manager.reload()
+    assert manager.all_steps() == [5, 10]
+    restored = ckpt.restore_latest(manager, ckpt.abstract_like(state), None)
+    assert int(restored.step) == 10
+    manager.close()
+
+
+def test_best_checkpoints_are_kept_by_the_configured_metric(tmp_path):
+    config = tiny_config(eval__every_steps=5, eval__num_batches=2,
+                         checkpoint__best_metric="eval/loss", checkpoint__max_to_keep=1)
+    result = fit(config, MODEL, TRAIN_SOURCE, str(tmp_path), devices=DEVICE,
+                 eval_source=EVAL_SOURCE)
+    manager = ocp.CheckpointManager(str(tmp_path / "checkpoints_best"))
+    best = manager.all_steps()
+    assert len(best) == 1 and best[0] in (5, 10, 15, 20)
+    assert result.eval_metrics and np.isfinite(result.eval_metrics["eval/loss"])
+    manager.close()
+
+
+def test_restore_dir_that_does_not_exist_is_rejected_before_training(tmp_path):
+    config = tiny_config(checkpoint__restore_dir=str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="config.checkpoint.restore_dir"):
+        fit(config, MODEL, TRAIN_SOURCE, str(tmp_path / "run"), devices=DEVICE)
+    assert not (tmp_path / "run").exists()
