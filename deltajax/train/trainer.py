@@ -61,7 +61,9 @@ def fit(config, model: nn.Module, train_source: Sequence, workdir: str, *,
     if pmap:
         local = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
         train_fn = step_lib.pmap_train_step(config, model=model, tx=tx, schedule=schedule)
-        state = jax.device_put_replicated(state, local)
+        # One copy per local device on a leading axis; pmap places slice i on device i.
+        state = jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (len(local), *x.shape)),
+                             state)
     else:
         train_fn = step_lib.jit_train_step(config, model=model, tx=tx, schedule=schedule,
                                            state_shardings=state_sharding,
