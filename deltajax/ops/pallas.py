@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from deltajax.ops.segments import segment_continues
-from pallas_kernels import delta_rule_gpu
+from pallas_kernels import delta_rule_gpu, delta_rule_tpu
 
 TARGET_ENV = "DELTAJAX_PALLAS_TARGET"
 
@@ -90,9 +90,7 @@ def delta_rule_pallas(
         S0 = jnp.pad(initial_state_BHKV.astype(jnp.float32),
                      [(0, 0), (0, 0), (0, Kp - K), (0, Vp - V)]).reshape(B * H, Kp, Vp)
 
-    kernels = delta_rule_gpu
-    if target == "tpu":
-        from pallas_kernels import delta_rule_tpu as kernels  # only imported where it runs
+    kernels = delta_rule_tpu if target == "tpu" else delta_rule_gpu
     o, final = kernels.delta_rule_chunked(q, k, v, beta, G, c, S0, chunk_size=C,
                                           interpret=interpret)
     o_BTHV = jnp.swapaxes(o.reshape(B, H, N * C, Vp), 1, 2)[:, :T, :, :V]

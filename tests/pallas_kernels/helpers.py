@@ -1,10 +1,12 @@
 """Running backend="pallas" on one kernel set, and the cases the kernel tests share."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
 from deltajax.ops import delta_rule
-from deltajax.ops.pallas import TARGET_ENV
+from deltajax.ops.pallas import TARGET_ENV, pallas_target
 from tests.ops.cases import Case, cotangents
 from tests.ops.test_delta_rule import rounded_inputs
 
@@ -22,7 +24,10 @@ BF16_CASES = [Case(T=70, chunk_size=32, gate=True, initial_state=True, segments=
                    beta_max=2.0, B=1)]
 
 
-def forward_and_vjp(arrays, segment_ids, do, dfinal, *, backend="pallas", chunk_size=16):
+@functools.partial(jax.jit, static_argnames=("backend", "chunk_size", "target"))
+def forward_and_vjp(arrays, segment_ids, do, dfinal, *, backend, chunk_size, target):
+    # target keys the jit cache: the kernel set is picked at trace time from the environment.
+    assert pallas_target()[0] == target
     def op(arrays):
         return delta_rule(**arrays, segment_ids=segment_ids, return_final_state=True,
                           backend=backend, chunk_size=chunk_size)
@@ -36,7 +41,5 @@ def run(case: Case, target: str, monkeypatch, dtype=jnp.float32, backend="pallas
     monkeypatch.setenv(TARGET_ENV, target)
     arrays, _, segment_ids = rounded_inputs(case, dtype)
     do, dfinal = cotangents(case)
-    # A fresh jit per call: the kernel set is picked at trace time from the environment.
-    fn = jax.jit(forward_and_vjp, static_argnames=("backend", "chunk_size"))
-    return fn(arrays, segment_ids, jnp.asarray(do, jnp.float32), jnp.asarray(dfinal, jnp.float32),
-              backend=backend, chunk_size=case.chunk_size)
+    return forward_and_vjp(arrays, segment_ids, jnp.asarray(do, jnp.float32),
+                           jnp.asarray(dfinal, jnp.float32), backend=backend, chunk_size=case.chunk_size, target=target)

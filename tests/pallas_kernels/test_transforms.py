@@ -14,7 +14,12 @@ from tests.numerics import relative_error
 from tests.ops.cases import Case
 from tests.ops.test_delta_rule import rounded_inputs
 
-TARGETS = ("gpu",)
+TARGETS = ("gpu", "tpu")
+# JAX 0.10's TPU interpreter simulates the devices of a mapped axis with a threading.Barrier
+# across their kernel calls, which deadlocks when XLA:CPU runs the 8 virtual devices on fewer
+# threads (2 cores here); the data-parallel tests therefore run the GPU kernel set. The kernels
+# are per-shard local either way: the data-parallel part is the same adapter code.
+DATA_PARALLEL_TARGETS = ("gpu",)
 CASE = Case(T=20, chunk_size=16, gate=True, initial_state=True, segments=True, B=8, H=1)
 
 
@@ -53,7 +58,7 @@ def test_vmap(target, monkeypatch):
     _assert_close(fn(*_per_example(arrays, segment_ids)), _expected())
 
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", DATA_PARALLEL_TARGETS)
 def test_data_parallel_shard_map(target, monkeypatch):
     monkeypatch.setenv(TARGET_ENV, target)
     assert jax.device_count() == 8
@@ -76,7 +81,7 @@ def test_data_parallel_shard_map(target, monkeypatch):
                   (expected_loss, expected_grads))
 
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", DATA_PARALLEL_TARGETS)
 def test_data_parallel_pmap(target, monkeypatch):
     monkeypatch.setenv(TARGET_ENV, target)
     arrays, _, segment_ids = rounded_inputs(CASE, jnp.float32)

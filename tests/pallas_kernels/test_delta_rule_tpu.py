@@ -1,0 +1,38 @@
+"""The TPU (Mosaic) kernels in TPU interpret mode against the float64 reference.
+
+TPU interpret mode raises on out-of-bounds reads and fills unwritten memory with NaN, so a wrong
+index map or a state read before it is written fails here instead of on the chip.
+"""
+
+import jax.numpy as jnp
+import pytest
+
+from tests.numerics import relative_error
+from tests.ops.test_delta_rule import reference_forward, reference_grads
+from tests.pallas_kernels.helpers import BF16_CASES, CASES, run
+
+TARGET = "tpu"
+
+
+@pytest.mark.parametrize("case", [CASES[0], CASES[4], CASES[5]],
+                         ids=lambda case: f"{case.id}-K{case.K}V{case.V}")
+def test_pallas_matches_float64_reference(case, monkeypatch):
+    o, final_state, grads = run(case, TARGET, monkeypatch)
+    o_ref, final_ref = reference_forward(case, jnp.float32)
+    assert o.dtype == jnp.float32 and final_state.dtype == jnp.float32
+    assert relative_error(o, o_ref) < 1e-5
+    assert relative_error(final_state, final_ref) < 1e-5
+    grads_ref = reference_grads(case)
+    assert grads.keys() == grads_ref.keys()
+    for name, grad in grads.items():
+        assert relative_error(grad, grads_ref[name]) < 1e-4, name
+
+
+@pytest.mark.parametrize("case", BF16_CASES, ids=lambda case: case.id)
+def test_bfloat16_inputs_keep_float32_state(case, monkeypatch):
+    o, final_state, grads = run(case, TARGET, monkeypatch, jnp.bfloat16)
+    o_ref, final_ref = reference_forward(case, jnp.bfloat16)
+    assert o.dtype == jnp.bfloat16 and final_state.dtype == jnp.float32
+    assert all(g.dtype == jnp.bfloat16 for g in grads.values())
+    assert relative_error(o, o_ref) < 2e-2
+    assert relative_error(final_state, final_ref) < 2e-2
