@@ -206,6 +206,32 @@ def time_fla(cfg: Config, repeats) -> tuple[Optional[tuple[float, float]], str]:
         return None, f"failed ({type(error).__name__}: {error})"
 
 
+def time_decode(cfg: Config, repeats) -> tuple[float, float]:
+    """(XLA recurrent step ms, fused Pallas step ms) for one token with a [B, H, K, V] state."""
+    from pallas_kernels.recurrent_step import recurrent_step_donated
+    B, H, D = cfg.batch, cfg.heads, cfg.head_dim
+    x = jnp.ones((B, 1, H, D), cfg.dtype)
+    beta = jnp.full((B, 1, H), 0.5, jnp.float32)
+    state = jnp.zeros((B, H, D, D), jnp.float32)
+    xla = jax.jit(lambda x, state: delta_rule(x, x, x, beta, initial_state=state,
+                                              return_final_state=True, backend="recurrent"))
+    xla_ms = median_ms(xla, x, state, repeats=repeats)
+    target = "tpu" if jax.default_backend() == "tpu" else "gpu"
+    flat_x, flat_b = jnp.ones((B * H, D), cfg.dtype), jnp.full((B * H,), 0.5, jnp.float32)
+    fused = lambda S: recurrent_step_donated(flat_x, flat_x, flat_x, flat_b, flat_b, S,
+                                             target=target,
+                                             interpret=jax.default_backend() == "cpu")
+    S = jnp.zeros((B * H, D, D), jnp.float32)
+    _, S = fused(S)   # compile; the state is donated, so each call feeds the next
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        _, S = fused(S)
+        jax.block_until_ready(S)
+        times.append(time.perf_counter() - start)
+    return xla_ms, 1e3 * statistics.median(times)
+
+
 def compare(cfg: Config, backends, *, repeats, others) -> dict:
     """Errors against the reference path and timings of every backend for one config."""
     arrays = make_inputs(cfg)
@@ -221,6 +247,8 @@ def compare(cfg: Config, backends, *, repeats, others) -> dict:
               f"fwd+bwd {timings.get(backend, (0, 0))[1]:9.2f} ms", flush=True)
     errs = {b: errors(results[b], results[ref_name]) for b in backends if b != ref_name}
     extra = {}
+    if "pallas" in backends:
+        extra["decode step: XLA recurrent / fused Pallas ms"] = time_decode(cfg, repeats)
     if others and jax.default_backend() == "gpu":
         extra["softmax attention"] = time_attention(cfg, repeats)
         extra["FLA chunk_delta_rule"], extra["FLA status"] = time_fla(cfg, repeats)
@@ -240,6 +268,9 @@ def to_markdown(report: dict, sweep: list, *, header: str, peak_tflops: Optional
         tflops = train_flops / (t_ms * 1e-3) / 1e12
         lines.append(f"| delta_rule {backend} | {f_ms:.2f} | {t_ms:.2f} | {tflops:.1f} |")
     for name, value in report["extra"].items():
+        if name.startswith("decode"):
+            lines.append(f"| {name} (one token, B*H states) | {value[0]:.3f} / {value[1]:.3f} | | |")
+            continue
         if name == "FLA status":
             continue
         if value is None:

@@ -15,3 +15,4 @@ def test_compare_paths_reports_errors_and_timings():
         assert all(relative < 1e-4 for _, relative in errs.values()), (backend, errs)
     table = compare_paths.to_markdown(report, [report], header="# test", peak_tflops=None)
     assert "| delta_rule pallas |" in table and "speed-up over XLA chunked" in table
+    assert "decode step" in table
