@@ -52,12 +52,15 @@ def _prepare_kernel(k_ref, v_ref, beta_ref, Gc_ref, Gr_ref, cc_ref, cr_ref, w_re
     f32 = lambda ref: ref[...].astype(jnp.float32)
     dk = load_decay(Gc_ref, Gr_ref, cc_ref, cr_ref)
     f = chunk_math.factors(f32(k_ref), f32(v_ref), beta_ref[...], dk, dtype)
-    w_ref[...] = f.W_CK
-    u_ref[...] = f.U_CV
+    w_ref[...] = f.W_CK.astype(w_ref.dtype)
+    u_ref[...] = f.U_CV.astype(u_ref.dtype)
 
 
 def prepare(k_BHTK, v_BHTV, tok: TokenScalars, *, C: int, call_params: dict):
-    """W [BH, Tp, K] and U [BH, Tp, V] (float32) of every chunk."""
+    """W [BH, Tp, K] and U [BH, Tp, V] of every chunk, in the inputs' dtype.
+
+    The state passes round W to that dtype for their dots anyway; bf16 halves their traffic.
+    """
     BH, Tp, K = k_BHTK.shape
     V = v_BHTV.shape[-1]
     kernel = lambda *refs: _prepare_kernel(*refs, dtype=k_BHTK.dtype)
@@ -66,8 +69,8 @@ def prepare(k_BHTK, v_BHTV, tok: TokenScalars, *, C: int, call_params: dict):
         grid=(BH, Tp // C),
         in_specs=[_tile(C, K), _tile(C, V)] + _scalar_specs(C),
         out_specs=[_tile(C, K), _tile(C, V)],
-        out_shape=[out_struct((BH, Tp, K), jnp.float32, (k_BHTK, v_BHTV, *tok)),
-                   out_struct((BH, Tp, V), jnp.float32, (k_BHTK, v_BHTV, *tok))],
+        out_shape=[out_struct((BH, Tp, K), k_BHTK.dtype, (k_BHTK, v_BHTV, *tok)),
+                   out_struct((BH, Tp, V), k_BHTK.dtype, (k_BHTK, v_BHTV, *tok))],
         name="delta_rule_prepare",
         **call_params,
     )(k_BHTK, v_BHTV, *tok)

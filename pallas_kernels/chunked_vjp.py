@@ -19,7 +19,7 @@ from pallas_kernels import chunk_kernels
 class StatePasses(NamedTuple):
     """The target-specific sequential kernels and the pallas_call kwargs of the parallel ones.
 
-    forward(q, k, W, U, tok, S0, *, C) -> (o, states_BHNKV, final_BHKV)
+    forward(q, k, W, U, tok, S0, *, C, save_states) -> (o, states_BHNKV or None, final_BHKV)
     backward(q, k, W, do, tok, dfinal, *, C) -> (dstates_BHNKV, dS0_BHKV)
     """
     forward: Callable
@@ -32,13 +32,17 @@ def build(passes: StatePasses):
 
     @functools.partial(jax.custom_vjp, nondiff_argnums=(7,))
     def op(q, k, v, beta, G, c, S0, C):
-        (o, final), _ = fwd(q, k, v, beta, G, c, S0, C)
+        o, _, final = forward(q, k, v, beta, G, c, S0, C, save_states=False)
         return o, final
 
-    def fwd(q, k, v, beta, G, c, S0, C):
+    def forward(q, k, v, beta, G, c, S0, C, *, save_states):
         tok = chunk_kernels.token_scalars(beta, G, c, C)
         W, U = chunk_kernels.prepare(k, v, tok, C=C, call_params=passes.parallel_params)
-        o, states, final = passes.forward(q, k, W, U, tok, S0, C=C)
+        return passes.forward(q, k, W, U, tok, S0, C=C, save_states=save_states)
+
+    def fwd(q, k, v, beta, G, c, S0, C):
+        # Only a differentiated call writes the per-chunk states: they are the residuals.
+        o, states, final = forward(q, k, v, beta, G, c, S0, C, save_states=True)
         return (o, final), (q, k, v, beta, G, c, states)
 
     def bwd(C, residuals, cotangents):

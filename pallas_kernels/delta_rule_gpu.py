@@ -41,16 +41,18 @@ def _load_chunk(bh, n, C, q_ref, k_ref, w_ref, tok_refs):
     return f32(q_ref), f32(k_ref), w_ref[bh, t, :], dk
 
 
-def _forward_kernel(q_ref, k_ref, w_ref, u_ref, *refs, C, N, BV, dtype):
-    tok_refs, (s0_ref, o_ref, states_ref, final_ref) = refs[:5], refs[5:]
+def _forward_kernel(q_ref, k_ref, w_ref, u_ref, *refs, C, N, BV, dtype, save_states):
+    tok_refs, (s0_ref, o_ref, *states_ref, final_ref) = refs[:5], refs[5:]
     iv, bh = pl.program_id(0), pl.program_id(1)
     vs = pl.ds(iv * BV, BV)
 
     def chunk(n, S_KV):
         q, k, W, dk = _load_chunk(bh, n, C, q_ref, k_ref, w_ref, tok_refs)
         t = pl.ds(n * C, C)
-        states_ref[bh, n, :, vs] = S_KV
-        o, S_KV = chunk_math.chunk_forward(q, k, W, u_ref[bh, t, vs], S_KV, dk, dtype)
+        if save_states:
+            states_ref[0][bh, n, :, vs] = S_KV
+        U = u_ref[bh, t, vs].astype(jnp.float32)
+        o, S_KV = chunk_math.chunk_forward(q, k, W, U, S_KV, dk, dtype)
         o_ref[bh, t, vs] = o.astype(o_ref.dtype)
         return S_KV
 
@@ -72,19 +74,21 @@ def _backward_kernel(q_ref, k_ref, w_ref, do_ref, *refs, C, N, BV, dtype):
     ds0_ref[bh, :, vs] = jax.lax.fori_loop(0, N, chunk, dfinal_ref[bh, :, vs])
 
 
-def _forward_pass(q, k, W, U, tok: TokenScalars, S0, *, C, interpret):
+def _forward_pass(q, k, W, U, tok: TokenScalars, S0, *, C, save_states, interpret):
     BH, Tp, K = q.shape
     V = U.shape[-1]
     N, BV = Tp // C, _value_block(V)
-    kernel = functools.partial(_forward_kernel, C=C, N=N, BV=BV, dtype=q.dtype)
+    kernel = functools.partial(_forward_kernel, C=C, N=N, BV=BV, dtype=q.dtype,
+                               save_states=save_states)
     inputs = (q, k, W, U, *tok, S0)
-    return pl.pallas_call(
+    states = [out_struct((BH, N, K, V), jnp.float32, inputs)] if save_states else []
+    o, *states, final = pl.pallas_call(
         kernel, grid=(V // BV, BH),
-        out_shape=[out_struct((BH, Tp, V), q.dtype, inputs),
-                   out_struct((BH, N, K, V), jnp.float32, inputs),
+        out_shape=[out_struct((BH, Tp, V), q.dtype, inputs), *states,
                    out_struct((BH, K, V), jnp.float32, inputs)],
         name="delta_rule_forward_gpu", **_params(interpret),
     )(*inputs)
+    return o, (states[0] if save_states else None), final
 
 
 def _backward_pass(q, k, W, do, tok: TokenScalars, dfinal, *, C, interpret):

@@ -45,7 +45,8 @@ def _specs(C, K, V, chunk):
 
 
 def _forward_kernel(q_ref, k_ref, w_ref, u_ref, beta_ref, Gc_ref, Gr_ref, cc_ref, cr_ref, s0_ref,
-                    o_ref, states_ref, final_ref, S_ref, *, dtype):
+                    o_ref, *refs, dtype, save_states):
+    *states_ref, final_ref, S_ref = refs
     del beta_ref  # folded into W and U already
     n = pl.program_id(1)
 
@@ -54,11 +55,12 @@ def _forward_kernel(q_ref, k_ref, w_ref, u_ref, beta_ref, Gc_ref, Gr_ref, cc_ref
         S_ref[...] = s0_ref[...]
 
     S_KV = S_ref[...]
-    states_ref[...] = S_KV
+    if save_states:
+        states_ref[0][...] = S_KV
     dk = load_decay(Gc_ref, Gr_ref, cc_ref, cr_ref)
     o, S_KV = chunk_math.chunk_forward(q_ref[...].astype(jnp.float32),
-                                       k_ref[...].astype(jnp.float32), w_ref[...], u_ref[...],
-                                       S_KV, dk, dtype)
+                                       k_ref[...].astype(jnp.float32), w_ref[...],
+                                       u_ref[...].astype(jnp.float32), S_KV, dk, dtype)
     o_ref[...] = o.astype(o_ref.dtype)
     S_ref[...] = S_KV
 
@@ -89,24 +91,25 @@ def _backward_kernel(q_ref, k_ref, w_ref, do_ref, beta_ref, Gc_ref, Gr_ref, cc_r
         ds0_ref[...] = dS_KV
 
 
-def _forward_pass(q, k, W, U, tok: TokenScalars, S0, *, C, interpret):
+def _forward_pass(q, k, W, U, tok: TokenScalars, S0, *, C, save_states, interpret):
     BH, Tp, K = q.shape
     V = U.shape[-1]
     N = Tp // C
     tile, scalars, per_chunk_state, state = _specs(C, K, V, lambda i: i)
     inputs = (q, k, W, U, *tok, S0)
-    return pl.pallas_call(
-        functools.partial(_forward_kernel, dtype=q.dtype),
+    states = [out_struct((BH, N, K, V), jnp.float32, inputs)] if save_states else []
+    o, *states, final = pl.pallas_call(
+        functools.partial(_forward_kernel, dtype=q.dtype, save_states=save_states),
         grid=(BH, N),
         in_specs=[tile(K), tile(K), tile(K), tile(V)] + scalars + [state],
-        out_specs=[tile(V), per_chunk_state, state],
-        out_shape=[out_struct((BH, Tp, V), q.dtype, inputs),
-                   out_struct((BH, N, K, V), jnp.float32, inputs),
+        out_specs=[tile(V)] + [per_chunk_state] * save_states + [state],
+        out_shape=[out_struct((BH, Tp, V), q.dtype, inputs), *states,
                    out_struct((BH, K, V), jnp.float32, inputs)],
         scratch_shapes=[pltpu.VMEM((K, V), jnp.float32)],
         name="delta_rule_forward_tpu",
         **_params(interpret, ("parallel", "arbitrary")),
     )(*inputs)
+    return o, (states[0] if save_states else None), final
 
 
 def _backward_pass(q, k, W, do, tok: TokenScalars, dfinal, *, C, interpret):

@@ -7,8 +7,9 @@ index map or a state read before it is written fails here instead of on the chip
 import jax.numpy as jnp
 import pytest
 
+from deltajax.ops import delta_rule
 from tests.numerics import relative_error
-from tests.ops.test_delta_rule import reference_forward, reference_grads
+from tests.ops.test_delta_rule import reference_forward, reference_grads, rounded_inputs
 from tests.pallas_kernels.helpers import BF16_CASES, CASES, run
 
 TARGET = "tpu"
@@ -36,3 +37,15 @@ def test_bfloat16_inputs_keep_float32_state(case, monkeypatch):
     assert all(g.dtype == jnp.bfloat16 for g in grads.values())
     assert relative_error(o, o_ref) < 2e-2
     assert relative_error(final_state, final_ref) < 2e-2
+
+
+def test_forward_only_call_matches_reference(monkeypatch):
+    # Not differentiated: the forward kernel runs without writing the per-chunk states.
+    monkeypatch.setenv("DELTAJAX_PALLAS_TARGET", TARGET)
+    case = CASES[4]
+    arrays, _, segment_ids = rounded_inputs(case, jnp.float32)
+    o, final_state = delta_rule(**arrays, segment_ids=segment_ids, return_final_state=True,
+                                backend="pallas", chunk_size=case.chunk_size)
+    o_ref, final_ref = reference_forward(case, jnp.float32)
+    assert relative_error(o, o_ref) < 1e-5
+    assert relative_error(final_state, final_ref) < 1e-5

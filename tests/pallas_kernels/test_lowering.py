@@ -13,7 +13,8 @@ from pallas_kernels import delta_rule_gpu, delta_rule_tpu
 from pallas_kernels.recurrent_step import recurrent_step
 
 KERNELS = {"cuda": delta_rule_gpu, "tpu": delta_rule_tpu}
-CUSTOM_CALL = {"cuda": "stablehlo.custom_call @__gpu", "tpu": "stablehlo.custom_call @tpu_custom_call"}
+CUSTOM_CALL = {"cuda": "stablehlo.custom_call @__gpu",
+               "tpu": "stablehlo.custom_call @tpu_custom_call"}
 
 
 def _lower(fn, platform, *args):
@@ -36,8 +37,10 @@ def test_chunked_forward_and_backward_lower(platform, dtype, K, V, C):
         o, final = KERNELS[platform].delta_rule_chunked(q, k, v, beta, G, c, S0, chunk_size=C)
         return jnp.sum(o.astype(jnp.float32)) + jnp.sum(final)
 
-    text = _lower(jax.grad(loss, argnums=(0, 1, 2, 3, 4, 6)), platform, tile(K), tile(K),
-                  tile(V), per_token, per_token, per_token, state)
+    args = (tile(K), tile(K), tile(V), per_token, per_token, per_token, state)
+    forward = lambda *args: KERNELS[platform].delta_rule_chunked(*args, chunk_size=C)
+    assert CUSTOM_CALL[platform] in _lower(forward, platform, *args)
+    text = _lower(jax.grad(loss, argnums=(0, 1, 2, 3, 4, 6)), platform, *args)
     assert CUSTOM_CALL[platform] in text
     for name in ("delta_rule_prepare", "delta_rule_backward", "delta_rule_chunk_grads"):
         assert name in text, name
