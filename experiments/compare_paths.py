@@ -269,7 +269,8 @@ def to_markdown(report: dict, sweep: list, *, header: str, peak_tflops: Optional
         lines.append(f"| delta_rule {backend} | {f_ms:.2f} | {t_ms:.2f} | {tflops:.1f} |")
     for name, value in report["extra"].items():
         if name.startswith("decode"):
-            lines.append(f"| {name} (one token, B*H states) | {value[0]:.3f} / {value[1]:.3f} | | |")
+            lines.append(f"| {name} (one token, B*H states) | "
+                         f"{value[0]:.3f} / {value[1]:.3f} | | |")
             continue
         if name == "FLA status":
             continue

@@ -110,7 +110,8 @@ def _op(interpret: bool):
     return chunked_vjp.build(chunked_vjp.StatePasses(
         forward=functools.partial(_forward_pass, interpret=interpret),
         backward=functools.partial(_backward_pass, interpret=interpret),
-        parallel_params=_params(interpret)))
+        # chunk_grads holds S and dS [K, V] at once: 8 warps give it twice the registers.
+        parallel_params=_params(interpret, num_warps=8)))
 
 
 def delta_rule_chunked(q_BHTK, k_BHTK, v_BHTV, beta_BHT, G_BHT, c_BHT, S0_BHKV, *,

@@ -42,4 +42,5 @@ def run(case: Case, target: str, monkeypatch, dtype=jnp.float32, backend="pallas
     arrays, _, segment_ids = rounded_inputs(case, dtype)
     do, dfinal = cotangents(case)
     return forward_and_vjp(arrays, segment_ids, jnp.asarray(do, jnp.float32),
-                           jnp.asarray(dfinal, jnp.float32), backend=backend, chunk_size=case.chunk_size, target=target)
+                           jnp.asarray(dfinal, jnp.float32), backend=backend,
+                           chunk_size=case.chunk_size, target=target)
