@@ -48,22 +48,23 @@ def load_decay(G_col_ref, G_row_ref, c_col_ref, c_row_ref) -> chunk_math.Decay:
 
 
 def _prepare_kernel(k_ref, v_ref, beta_ref, Gc_ref, Gr_ref, cc_ref, cr_ref, w_ref, u_ref, *,
-                    dtype):
+                    dtype, solve_precision):
     f32 = lambda ref: ref[...].astype(jnp.float32)
     dk = load_decay(Gc_ref, Gr_ref, cc_ref, cr_ref)
-    f = chunk_math.factors(f32(k_ref), f32(v_ref), beta_ref[...], dk, dtype)
+    f = chunk_math.factors(f32(k_ref), f32(v_ref), beta_ref[...], dk, dtype, solve_precision)
     w_ref[...] = f.W_CK.astype(w_ref.dtype)
     u_ref[...] = f.U_CV.astype(u_ref.dtype)
 
 
-def prepare(k_BHTK, v_BHTV, tok: TokenScalars, *, C: int, call_params: dict):
+def prepare(k_BHTK, v_BHTV, tok: TokenScalars, *, C: int, call_params: dict, solve_precision):
     """W [BH, Tp, K] and U [BH, Tp, V] of every chunk, in the inputs' dtype.
 
     The state passes round W to that dtype for their dots anyway; bf16 halves their traffic.
     """
     BH, Tp, K = k_BHTK.shape
     V = v_BHTV.shape[-1]
-    kernel = lambda *refs: _prepare_kernel(*refs, dtype=k_BHTK.dtype)
+    kernel = lambda *refs: _prepare_kernel(*refs, dtype=k_BHTK.dtype,
+                                           solve_precision=solve_precision)
     return pl.pallas_call(
         kernel,
         grid=(BH, Tp // C),
@@ -77,10 +78,11 @@ def prepare(k_BHTK, v_BHTV, tok: TokenScalars, *, C: int, call_params: dict):
 
 
 def _grads_kernel(q_ref, k_ref, v_ref, beta_ref, Gc_ref, Gr_ref, cc_ref, cr_ref, s_ref, ds_ref,
-                  do_ref, dq_ref, dk_ref, dv_ref, dbeta_ref, dG_ref, *, dtype):
+                  do_ref, dq_ref, dk_ref, dv_ref, dbeta_ref, dG_ref, *, dtype, solve_precision):
     f32 = lambda ref: ref[...].astype(jnp.float32)
     q, k, v, beta = f32(q_ref), f32(k_ref), f32(v_ref), beta_ref[...]
-    f = chunk_math.factors(k, v, beta, load_decay(Gc_ref, Gr_ref, cc_ref, cr_ref), dtype)
+    f = chunk_math.factors(k, v, beta, load_decay(Gc_ref, Gr_ref, cc_ref, cr_ref), dtype,
+                           solve_precision)
     dq, dk, dv, dbeta, dG = chunk_math.chunk_backward(
         q, k, v, beta, f, s_ref[...], ds_ref[...], f32(do_ref), dtype)
     dq_ref[...] = dq
@@ -91,7 +93,7 @@ def _grads_kernel(q_ref, k_ref, v_ref, beta_ref, Gc_ref, Gr_ref, cc_ref, cr_ref,
 
 
 def chunk_grads(q_BHTK, k_BHTK, v_BHTV, tok: TokenScalars, states_BHNKV, dstates_BHNKV,
-                do_BHTV, *, C: int, call_params: dict):
+                do_BHTV, *, C: int, call_params: dict, solve_precision):
     """float32 (dq, dk [BH, Tp, K], dv [BH, Tp, V], dbeta, dG [BH, Tp, 1]).
 
     states[n] is the state entering chunk n, dstates[n] the cotangent of the state leaving it.
@@ -102,7 +104,8 @@ def chunk_grads(q_BHTK, k_BHTK, v_BHTV, tok: TokenScalars, states_BHNKV, dstates
     col = pl.BlockSpec((None, C, 1), lambda bh, n: (bh, n, 0))
     inputs = (q_BHTK, k_BHTK, v_BHTV, *tok, states_BHNKV, dstates_BHNKV, do_BHTV)
     f32 = lambda *shape: out_struct(shape, jnp.float32, inputs)
-    kernel = lambda *refs: _grads_kernel(*refs, dtype=q_BHTK.dtype)
+    kernel = lambda *refs: _grads_kernel(*refs, dtype=q_BHTK.dtype,
+                                         solve_precision=solve_precision)
     return pl.pallas_call(
         kernel,
         grid=(BH, Tp // C),

@@ -25,6 +25,7 @@ class StatePasses(NamedTuple):
     forward: Callable
     backward: Callable
     parallel_params: dict
+    solve_precision: jax.lax.Precision   # of the UT solve's dots under bf16 inputs
 
 
 def build(passes: StatePasses):
@@ -37,7 +38,8 @@ def build(passes: StatePasses):
 
     def forward(q, k, v, beta, G, c, S0, C, *, save_states):
         tok = chunk_kernels.token_scalars(beta, G, c, C)
-        W, U = chunk_kernels.prepare(k, v, tok, C=C, call_params=passes.parallel_params)
+        W, U = chunk_kernels.prepare(k, v, tok, C=C, call_params=passes.parallel_params,
+                                     solve_precision=passes.solve_precision)
         return passes.forward(q, k, W, U, tok, S0, C=C, save_states=save_states)
 
     def fwd(q, k, v, beta, G, c, S0, C):
@@ -49,10 +51,12 @@ def build(passes: StatePasses):
         q, k, v, beta, G, c, states = residuals
         do, dfinal = cotangents
         tok = chunk_kernels.token_scalars(beta, G, c, C)
-        W, _ = chunk_kernels.prepare(k, v, tok, C=C, call_params=passes.parallel_params)
+        W, _ = chunk_kernels.prepare(k, v, tok, C=C, call_params=passes.parallel_params,
+                                     solve_precision=passes.solve_precision)
         dstates, dS0 = passes.backward(q, k, W, do, tok, dfinal.astype(jnp.float32), C=C)
         dq, dk, dv, dbeta, dG = chunk_kernels.chunk_grads(
-            q, k, v, tok, states, dstates, do, C=C, call_params=passes.parallel_params)
+            q, k, v, tok, states, dstates, do, C=C, call_params=passes.parallel_params,
+            solve_precision=passes.solve_precision)
         return (dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype),
                 dbeta[..., 0].astype(beta.dtype), dG[..., 0].astype(G.dtype), jnp.zeros_like(c),
                 dS0)

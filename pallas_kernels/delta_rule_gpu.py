@@ -111,7 +111,8 @@ def _op(interpret: bool):
         forward=functools.partial(_forward_pass, interpret=interpret),
         backward=functools.partial(_backward_pass, interpret=interpret),
         # chunk_grads holds S and dS [K, V] at once: 8 warps give it twice the registers.
-        parallel_params=_params(interpret, num_warps=8)))
+        parallel_params=_params(interpret, num_warps=8),
+        solve_precision=jax.lax.Precision.HIGH))   # TF32 tensor cores
 
 
 def delta_rule_chunked(q_BHTK, k_BHTK, v_BHTV, beta_BHT, G_BHT, c_BHT, S0_BHKV, *,

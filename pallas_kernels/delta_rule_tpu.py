@@ -136,7 +136,8 @@ def _op(interpret: bool):
     return chunked_vjp.build(chunked_vjp.StatePasses(
         forward=functools.partial(_forward_pass, interpret=interpret),
         backward=functools.partial(_backward_pass, interpret=interpret),
-        parallel_params=_params(interpret, ("parallel", "parallel"))))
+        parallel_params=_params(interpret, ("parallel", "parallel")),
+        solve_precision=jax.lax.Precision.HIGHEST))   # Mosaic has DEFAULT or HIGHEST
 
 
 def delta_rule_chunked(q_BHTK, k_BHTK, v_BHTV, beta_BHT, G_BHT, c_BHT, S0_BHKV, *,
