@@ -1,4 +1,4 @@
-"""The two chunk-parallel kernels, one program per (batch*head, chunk), on GPU and TPU alike.
+"""The two chunk-parallel kernels, one program per (batch*head, chunk[, value block]), GPU and TPU.
 
 `prepare` computes each chunk's WY factors W, U (the UT solve); `chunk_grads` recomputes them and
 turns (S, dS', dO) of a chunk into the cotangents of its inputs. Neither carries anything between
@@ -93,27 +93,40 @@ def _grads_kernel(q_ref, k_ref, v_ref, beta_ref, Gc_ref, Gr_ref, cc_ref, cr_ref,
 
 
 def chunk_grads(q_BHTK, k_BHTK, v_BHTV, tok: TokenScalars, states_BHNKV, dstates_BHNKV,
-                do_BHTV, *, C: int, call_params: dict, solve_precision):
+                do_BHTV, *, C: int, call_params: dict, solve_precision, block_v: int):
     """float32 (dq, dk [BH, Tp, K], dv [BH, Tp, V], dbeta, dG [BH, Tp, 1]).
 
     states[n] is the state entering chunk n, dstates[n] the cotangent of the state leaving it.
+    With block_v < V each program takes block_v value columns: the chunk backward is linear in
+    (dO, dS'), whose columns split cleanly, so dv comes out whole and dq, dk, dbeta, dG as
+    per-block partials summed here. It keeps the [K, block_v] S and dS tiles in registers.
     """
     BH, Tp, K = q_BHTK.shape
     V = v_BHTV.shape[-1]
-    state = pl.BlockSpec((None, None, K, V), lambda bh, n: (bh, n, 0, 0))
-    col = pl.BlockSpec((None, C, 1), lambda bh, n: (bh, n, 0))
+    BV = block_v
+    NV = V // BV
+    # Grid (BH, chunk * NV + value block); no integer division in the index maps when NV = 1.
+    split = (lambda i: (i, 0)) if NV == 1 else (lambda i: (i // NV, i % NV))
+    tile = lambda d: pl.BlockSpec((None, C, d), lambda bh, i: (bh, split(i)[0], 0))
+    v_tile = pl.BlockSpec((None, C, BV), lambda bh, i: (bh, *split(i)))
+    col = pl.BlockSpec((None, C, 1), lambda bh, i: (bh, split(i)[0], 0))
+    row = pl.BlockSpec((None, None, 1, C), lambda bh, i: (bh, split(i)[0], 0, 0))
+    state = pl.BlockSpec((None, None, K, BV), lambda bh, i: (bh, split(i)[0], 0, split(i)[1]))
+    partial = lambda d: pl.BlockSpec((None, None, C, d), lambda bh, i: (split(i)[1], bh,
+                                                                         split(i)[0], 0))
     inputs = (q_BHTK, k_BHTK, v_BHTV, *tok, states_BHNKV, dstates_BHNKV, do_BHTV)
     f32 = lambda *shape: out_struct(shape, jnp.float32, inputs)
     kernel = lambda *refs: _grads_kernel(*refs, dtype=q_BHTK.dtype,
                                          solve_precision=solve_precision)
-    return pl.pallas_call(
+    dq, dk, dv, dbeta, dG = pl.pallas_call(
         kernel,
-        grid=(BH, Tp // C),
-        in_specs=[_tile(C, K), _tile(C, K), _tile(C, V)] + _scalar_specs(C)
-        + [state, state, _tile(C, V)],
-        out_specs=[_tile(C, K), _tile(C, K), _tile(C, V), col, col],
-        out_shape=[f32(BH, Tp, K), f32(BH, Tp, K), f32(BH, Tp, V), f32(BH, Tp, 1),
-                   f32(BH, Tp, 1)],
+        grid=(BH, Tp // C * NV),
+        in_specs=[tile(K), tile(K), v_tile, col, col, row, col, row, state, state, v_tile],
+        out_specs=[partial(K), partial(K), v_tile, partial(1), partial(1)],
+        out_shape=[f32(NV, BH, Tp, K), f32(NV, BH, Tp, K), f32(BH, Tp, V), f32(NV, BH, Tp, 1),
+                   f32(NV, BH, Tp, 1)],
         name="delta_rule_chunk_grads",
         **call_params,
     )(*inputs)
+    total = lambda x: jnp.sum(x, axis=0)
+    return total(dq), total(dk), dv, total(dbeta), total(dG)

@@ -26,6 +26,7 @@ class StatePasses(NamedTuple):
     backward: Callable
     parallel_params: dict
     solve_precision: jax.lax.Precision   # of the UT solve's dots under bf16 inputs
+    block_v: Callable                    # V -> value columns per chunk_grads program
 
 
 def build(passes: StatePasses):
@@ -56,7 +57,7 @@ def build(passes: StatePasses):
         dstates, dS0 = passes.backward(q, k, W, do, tok, dfinal.astype(jnp.float32), C=C)
         dq, dk, dv, dbeta, dG = chunk_kernels.chunk_grads(
             q, k, v, tok, states, dstates, do, C=C, call_params=passes.parallel_params,
-            solve_precision=passes.solve_precision)
+            solve_precision=passes.solve_precision, block_v=passes.block_v(v.shape[-1]))
         return (dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype),
                 dbeta[..., 0].astype(beta.dtype), dG[..., 0].astype(G.dtype), jnp.zeros_like(c),
                 dS0)

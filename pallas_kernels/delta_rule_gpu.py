@@ -110,9 +110,10 @@ def _op(interpret: bool):
     return chunked_vjp.build(chunked_vjp.StatePasses(
         forward=functools.partial(_forward_pass, interpret=interpret),
         backward=functools.partial(_backward_pass, interpret=interpret),
-        # chunk_grads holds S and dS [K, V] at once: 8 warps give it twice the registers.
+        # chunk_grads holds S and dS [K, BV] at once: 8 warps give it twice the registers.
         parallel_params=_params(interpret, num_warps=8),
-        solve_precision=jax.lax.Precision.HIGH))   # TF32 tensor cores
+        solve_precision=jax.lax.Precision.HIGH,   # TF32 tensor cores
+        block_v=_value_block))
 
 
 def delta_rule_chunked(q_BHTK, k_BHTK, v_BHTV, beta_BHT, G_BHT, c_BHT, S0_BHKV, *,

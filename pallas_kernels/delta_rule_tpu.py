@@ -137,7 +137,8 @@ def _op(interpret: bool):
         forward=functools.partial(_forward_pass, interpret=interpret),
         backward=functools.partial(_backward_pass, interpret=interpret),
         parallel_params=_params(interpret, ("parallel", "parallel")),
-        solve_precision=jax.lax.Precision.HIGHEST))   # Mosaic has DEFAULT or HIGHEST
+        solve_precision=jax.lax.Precision.HIGHEST,   # Mosaic has DEFAULT or HIGHEST
+        block_v=lambda V: V))   # [K, V] tiles sit in VMEM, not registers: no split
 
 
 def delta_rule_chunked(q_BHTK, k_BHTK, v_BHTV, beta_BHT, G_BHT, c_BHT, S0_BHKV, *,
