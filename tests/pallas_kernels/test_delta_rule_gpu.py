@@ -9,7 +9,7 @@ from deltajax.ops import delta_rule
 from tests.numerics import relative_error
 from tests.ops.cases import Case
 from tests.ops.test_delta_rule import reference_forward, reference_grads, rounded_inputs
-from tests.pallas_kernels.helpers import BF16_CASES, CASES, run
+from tests.pallas_kernels.helpers import BF16_CASES, CASES, run, use_target
 
 TARGET = "gpu"
 
@@ -52,7 +52,7 @@ def test_bfloat16_inputs_keep_float32_state(case, monkeypatch):
 
 def test_output_at_t_does_not_depend_on_later_tokens(monkeypatch):
     case = Case(T=50, chunk_size=16, gate=True, segments=True, B=1)
-    monkeypatch.setenv("DELTAJAX_PALLAS_TARGET", TARGET)
+    use_target(monkeypatch, TARGET)
     arrays, _, segment_ids = rounded_inputs(case, jnp.float32)
     t = 21  # mid-chunk: later tokens of the same chunk must not leak either
 
@@ -67,7 +67,7 @@ def test_output_at_t_does_not_depend_on_later_tokens(monkeypatch):
 
 
 def test_unjitted_call_matches_reference(monkeypatch):
-    monkeypatch.setenv("DELTAJAX_PALLAS_TARGET", TARGET)
+    use_target(monkeypatch, TARGET)
     case = CASES[0]
     arrays, _, _ = rounded_inputs(case, jnp.float32)
     o, final_state = delta_rule(**arrays, return_final_state=True, backend="pallas")

@@ -10,7 +10,7 @@ import pytest
 from deltajax.ops import delta_rule
 from tests.numerics import relative_error
 from tests.ops.test_delta_rule import reference_forward, reference_grads, rounded_inputs
-from tests.pallas_kernels.helpers import BF16_CASES, CASES, run
+from tests.pallas_kernels.helpers import BF16_CASES, CASES, run, use_target
 
 TARGET = "tpu"
 
@@ -41,7 +41,7 @@ def test_bfloat16_inputs_keep_float32_state(case, monkeypatch):
 
 def test_forward_only_call_matches_reference(monkeypatch):
     # Not differentiated: the forward kernel runs without writing the per-chunk states.
-    monkeypatch.setenv("DELTAJAX_PALLAS_TARGET", TARGET)
+    use_target(monkeypatch, TARGET)
     case = CASES[4]
     arrays, _, segment_ids = rounded_inputs(case, jnp.float32)
     o, final_state = delta_rule(**arrays, segment_ids=segment_ids, return_final_state=True,

@@ -9,10 +9,10 @@ import pytest
 from jax.sharding import Mesh, PartitionSpec as P
 
 from deltajax.ops import delta_rule
-from deltajax.ops.pallas import TARGET_ENV
 from tests.numerics import relative_error
 from tests.ops.cases import Case
 from tests.ops.test_delta_rule import rounded_inputs
+from tests.pallas_kernels.helpers import use_target
 
 TARGETS = ("gpu", "tpu")
 # JAX 0.10's TPU interpreter simulates the devices of a mapped axis with a threading.Barrier
@@ -52,7 +52,7 @@ def _assert_close(actual, expected):
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_vmap(target, monkeypatch):
-    monkeypatch.setenv(TARGET_ENV, target)
+    use_target(monkeypatch, target)
     arrays, _, segment_ids = rounded_inputs(CASE, jnp.float32)
     fn = jax.jit(jax.vmap(lambda a, s: _loss_and_grads(a, s, "pallas")))
     _assert_close(fn(*_per_example(arrays, segment_ids)), _expected())
@@ -60,7 +60,7 @@ def test_vmap(target, monkeypatch):
 
 @pytest.mark.parametrize("target", DATA_PARALLEL_TARGETS)
 def test_data_parallel_shard_map(target, monkeypatch):
-    monkeypatch.setenv(TARGET_ENV, target)
+    use_target(monkeypatch, target)
     assert jax.device_count() == 8
     mesh = Mesh(np.array(jax.devices()), ("data",))
     arrays, _, segment_ids = rounded_inputs(CASE, jnp.float32)
@@ -83,7 +83,7 @@ def test_data_parallel_shard_map(target, monkeypatch):
 
 @pytest.mark.parametrize("target", DATA_PARALLEL_TARGETS)
 def test_data_parallel_pmap(target, monkeypatch):
-    monkeypatch.setenv(TARGET_ENV, target)
+    use_target(monkeypatch, target)
     arrays, _, segment_ids = rounded_inputs(CASE, jnp.float32)
     fn = jax.pmap(lambda a, s: _loss_and_grads(a, s, "pallas"))
     _assert_close(fn(*_per_example(arrays, segment_ids)), _expected())
