@@ -266,7 +266,8 @@ def to_markdown(report: dict, sweep: list, *, header: str, peak_tflops: Optional
     _, train_flops = chunked_flops(cfg)
     for backend, (f_ms, t_ms) in report["timings"].items():
         tflops = train_flops / (t_ms * 1e-3) / 1e12
-        lines.append(f"| delta_rule {backend} | {f_ms:.2f} | {t_ms:.2f} | {tflops:.1f} |")
+        of_peak = f" ({100 * tflops / peak_tflops:.0f}% of matmul)" if peak_tflops else ""
+        lines.append(f"| delta_rule {backend} | {f_ms:.2f} | {t_ms:.2f} | {tflops:.1f}{of_peak} |")
     for name, value in report["extra"].items():
         if name.startswith("decode"):
             lines.append(f"| {name} (one token, B*H states) | "
