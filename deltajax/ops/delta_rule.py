@@ -9,6 +9,7 @@ import numpy as np
 from deltajax.ops.chunked import delta_rule_chunked
 from deltajax.ops.pallas import delta_rule_pallas
 from deltajax.ops.recurrent import delta_rule_recurrent
+from deltajax.ops.scan_or_chunked import delta_rule_scan_or_chunked
 
 BACKENDS = ("auto", "recurrent", "chunked", "pallas")
 
@@ -70,6 +71,9 @@ def delta_rule(
         o, final_state = delta_rule_recurrent(q, k, v, beta, **kwargs)
     elif backend == "chunked":
         o, final_state = delta_rule_chunked(q, k, v, beta, chunk_size=int(chunk_size), **kwargs)
+    elif backend == "scan_or_chunked":
+        o, final_state = delta_rule_scan_or_chunked(q, k, v, beta, chunk_size=int(chunk_size),
+                                                    **kwargs)
     else:
         o, final_state = delta_rule_pallas(q, k, v, beta, chunk_size=int(chunk_size), **kwargs)
 
@@ -82,10 +86,14 @@ def _resolve(backend: str, T: int) -> str:
     if backend != "auto":
         return backend
     # One token (a decode step) is a single recurrent update. Longer sequences take the Pallas
-    # kernels where they compile natively; on CPU Pallas only interprets, so XLA's chunked form.
+    # kernels where they compile natively. On CPU Pallas only interprets: there the scan is the
+    # fastest forward and the chunked VJP the fastest gradient, and scan_or_chunked runs each
+    # where it wins (benchmarks/results/cpu-ops.md).
     if T == 1:
         return "recurrent"
-    return "pallas" if jax.default_backend() in ("gpu", "cuda", "rocm", "tpu") else "chunked"
+    if jax.default_backend() in ("gpu", "cuda", "rocm", "tpu"):
+        return "pallas"
+    return "scan_or_chunked"
 
 
 def _shape_error(name, expected, x):
