@@ -105,12 +105,14 @@ def test_bfloat16_inputs_keep_float32_state(case, backend):
 
 
 def test_auto_backend_matches_reference_for_training_and_decoding():
-    for case in (CASES[0], CASES[4]):  # T = 1 (a decode step) and T = 100
+    # T = 1 (a decode step) and T = 100 with every optional input.
+    for case in (CASES[0], Case(T=100, chunk_size=32, gate=True, initial_state=True, segments=True)):
         o, final_state, grads = run(case, "auto")
         o_ref, final_ref = reference_forward(case, jnp.float32)
         assert relative_error(o, o_ref) < 1e-5
         assert relative_error(final_state, final_ref) < 1e-5
-        assert relative_error(grads["k"], reference_grads(case)["k"]) < 1e-4
+        for name, grad in grads.items():
+            assert relative_error(grad, reference_grads(case)[name]) < 1e-4, name
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
