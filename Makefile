@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: run test
+.PHONY: run test bench
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -16,3 +16,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q tests --nbmake notebooks
+
+# Not one of the two set-up commands: compares the backends on this machine (GPU: H100 preset).
+bench: $(STAMP)
+	$(VENV)/bin/python experiments/compare_paths.py
