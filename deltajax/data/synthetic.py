@@ -16,8 +16,8 @@ class CopySource:
     """Example i: inputs int32 [seq_len], targets int32 [seq_len], the same for a given seed.
 
     Sequence: x_1..x_n SEP x_1..x_n (n = ceil(seq_len / 2), x drawn from 1..vocab_size-1,
-    SEP = 0), truncated to seq_len + 1 tokens; inputs are tokens[:-1], targets tokens[1:] with the prompt
-    positions masked."""
+    SEP = 0), truncated to seq_len + 1 tokens; inputs are tokens[:-1], targets tokens[1:] with
+    the prompt positions masked."""
 
     num_examples: int
     seq_len: int

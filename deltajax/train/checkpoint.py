@@ -14,6 +14,8 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
+from deltajax.train.schedules import merge_checkpoints
+
 CORRUPT_PREFIX = "corrupt_step_"
 
 
@@ -82,3 +84,27 @@ def _set_aside(manager: ocp.CheckpointManager, step: int) -> None:
 def abstract_like(tree: Any) -> Any:
     """ShapeDtypeStructs with shardings: what StandardRestore needs to place restored arrays."""
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+def load_params(directory: str, step: int) -> Any:
+    """The parameters saved at `step` under `directory` (a run's checkpoints folder), on host."""
+    with ocp.CheckpointManager(os.path.abspath(directory), item_names=("state", "data"),
+                               options=ocp.CheckpointManagerOptions(read_only=True)) as manager:
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    return jax.device_get(restored["state"]["params"])
+
+
+def merge_saved_checkpoints(directory: str, weights_w) -> tuple[Any, list]:
+    """WSM: schedules.merge_checkpoints over the last len(weights_w) + 1 saved steps.
+
+    Returns (merged params, the steps merged). Keep checkpoint.max_to_keep >= len(weights_w) + 1
+    while training so the window is on disk."""
+    with ocp.CheckpointManager(os.path.abspath(directory), item_names=("state", "data"),
+                               options=ocp.CheckpointManagerOptions(read_only=True)) as manager:
+        steps = sorted(manager.all_steps())
+    needed = len(weights_w) + 1
+    if len(steps) < needed:
+        raise ValueError(f"{directory} holds {len(steps)} checkpoints {steps}; merging "
+                         f"{len(weights_w)} blocks needs {needed}")
+    window = steps[-needed:]
+    return merge_checkpoints([load_params(directory, s) for s in window], weights_w), window

@@ -59,7 +59,7 @@ def default_config() -> ml_collections.ConfigDict:
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1                  # devices on the data axis; -1: all that model leaves
-    c.mesh.model = 1                  # devices on the model axis (weights sharded on their last dim)
+    c.mesh.model = 1                  # devices on the model axis (matrices split on last dim)
     c.mesh.parallelism = "jit"        # "jit" (Mesh + NamedSharding) or "pmap"
 
     c.data = ml_collections.ConfigDict()
@@ -132,8 +132,8 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int, num_
         raise ValueError(f"config.schedule.decay_fraction must be in (0, 1], got "
                          f"{config.schedule.decay_fraction}")
     if config.schedule.warmup_steps < 0 or config.schedule.warmup_steps > config.num_steps:
-        raise ValueError(f"config.schedule.warmup_steps must be in [0, num_steps={config.num_steps}]"
-                         f", got {config.schedule.warmup_steps}")
+        raise ValueError(f"config.schedule.warmup_steps must be in [0, num_steps="
+                         f"{config.num_steps}], got {config.schedule.warmup_steps}")
     data, model = mesh_shape(config, num_devices)
     batch = config.global_batch_size
     if batch % config.grad_accum_steps:

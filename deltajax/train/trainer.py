@@ -52,7 +52,8 @@ def fit(config, model: nn.Module, train_source: Sequence, workdir: str, *,
     data_iter = make_iterator(dataset, prefetch_threads=config.data.prefetch_threads,
                               prefetch_buffer=config.data.prefetch_buffer)
 
-    state_sharding, state = _init(config, model, tx, mesh, np.asarray(train_source[0]["inputs"]))
+    state_sharding, state = init_sharded_state(config, model, tx, mesh,
+                                               np.asarray(train_source[0]["inputs"]))
     managers = _managers(config, workdir)
     state = _resume(config, managers, state, data_iter)
     start = int(state.step)
@@ -128,8 +129,9 @@ def _unreplicate(state):
     return jax.tree.map(lambda x: x[0], state)
 
 
-def _init(config, model, tx, mesh, example_inputs_T):
-    """The state made directly in its shardings (never whole on one device)."""
+def init_sharded_state(config, model, tx, mesh, example_inputs_T):
+    """(state shardings, state) with the state made directly in its shardings, never whole on
+    one device. example_inputs_T: one sequence of token ids, for shapes."""
     tokens_1T = jnp.asarray(example_inputs_T[None, :], jnp.int32)
     init = functools.partial(step_lib.init_state, model, tx, tokens_BT=tokens_1T)
     rng = jax.random.PRNGKey(config.seed)

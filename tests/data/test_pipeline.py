@@ -1,4 +1,4 @@
-"""grain pipeline: determinism given (seed, step), exact resume, per-host sharding, the copy task."""
+"""grain pipeline: deterministic given (seed, step), exact resume, per-host shards, copy task."""
 
 import numpy as np
 import pytest

@@ -6,10 +6,8 @@ import sys
 
 import jax
 
-jax.config.update("jax_num_cpu_devices", 2)
-
-from deltajax.train import fit  # noqa: E402  (device count must be set first)
-from tests.train.helpers import MODEL, TRAIN_SOURCE, tiny_config  # noqa: E402
+from deltajax.train import fit
+from tests.train.helpers import MODEL, TRAIN_SOURCE, tiny_config
 
 MULTIPROCESS_STEPS = 4
 
@@ -34,4 +32,6 @@ def main(process_id, num_processes, port, workdir, output):
 
 
 if __name__ == "__main__":
+    # Only when run as a worker: the pytest process that imports this module keeps its 8.
+    jax.config.update("jax_num_cpu_devices", 2)
     main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5])

@@ -102,3 +102,21 @@ def test_restore_dir_that_does_not_exist_is_rejected_before_training(tmp_path):
     with pytest.raises(ValueError, match="config.checkpoint.restore_dir"):
         fit(config, MODEL, TRAIN_SOURCE, str(tmp_path / "run"), devices=DEVICE)
     assert not (tmp_path / "run").exists()
+
+
+def test_wsm_merges_the_last_saved_checkpoints_with_the_decay_coefficients(tmp_path):
+    config = tiny_config(num_steps=8, schedule__name="wsm", schedule__warmup_steps=2,
+                         checkpoint__every_steps=2, checkpoint__max_to_keep=4)
+    result = fit(config, MODEL, TRAIN_SOURCE, str(tmp_path), devices=DEVICE)
+    np.testing.assert_allclose([h["lr"] for h in result.history][2:], 3e-3)  # no decay
+    w = [1.0, 0.6, 0.2]
+    merged, steps = ckpt.merge_saved_checkpoints(str(tmp_path / "checkpoints"), w)
+    assert steps == [2, 4, 6, 8]
+    saved = [ckpt.load_params(str(tmp_path / "checkpoints"), s) for s in steps]
+    c = [0.0, 0.4, 0.4, 0.2]
+    expected = jax.tree.map(lambda *xs: sum(ci * x for ci, x in zip(c, xs)), *saved)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+                 merged, expected)
+    _assert_same_params(saved[-1], result.state.params)
+    with pytest.raises(ValueError, match="needs 5"):
+        ckpt.merge_saved_checkpoints(str(tmp_path / "checkpoints"), [1.0, 0.8, 0.5, 0.2])
