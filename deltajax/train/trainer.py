@@ -77,48 +77,62 @@ def fit(config, model: nn.Module, train_source: Sequence, workdir: str, *,
     end = config.num_steps if stop_at is None else min(stop_at, config.num_steps)
     bar = tb.progress_bar(config.num_steps, start, config.logging.progress_bar)
     history, eval_metrics = [], {}
-    last_time = time.perf_counter()
-    for step in range(start + 1, end + 1):
-        host_batch = next(data_iter)
-        if pmap:
-            state, metrics = train_fn(state, sharding.split_for_pmap(host_batch, len(local)))
-            metrics = jax.tree.map(lambda x: x[0], metrics)
-        else:
-            state, metrics = train_fn(state, sharding.shard_batch(host_batch, mesh))
-        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        now = time.perf_counter()
-        metrics["step_time_s"] = now - last_time
-        metrics["tokens_per_s"] = config.global_batch_size * host_batch["inputs"].shape[1] / (
-            now - last_time)
-        last_time = now
-        if not np.isfinite(metrics["loss"]) or not np.isfinite(metrics["grad_norm"]):
-            raise FloatingPointError(f"step {step}: loss={metrics['loss']}, grad_norm="
-                                     f"{metrics['grad_norm']}; the last checkpoint is kept")
-        history.append({"step": step, **metrics})
-        bar.update(1)
-        bar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
-        if step % config.logging.every_steps == 0 or step == end:
-            tb.write_scalars(writer, step, {f"train/{k}": v for k, v in metrics.items()
-                                            if k != "tokens"})
-        canonical = _unreplicate(state) if pmap else state
-        hist_every = config.logging.histogram_every_steps
-        if hist_every and step % hist_every == 0:
-            tb.write_histograms(writer, step, canonical.params)
-        if eval_source is not None and _due(step, config.eval.every_steps, config.num_steps):
-            eval_metrics = evaluate(config, eval_fn, canonical.params, eval_source,
-                                    None if pmap else mesh)
-            tb.write_scalars(writer, step, eval_metrics)
-            if managers.get("best") is not None:
-                ckpt.save(managers["best"], step, canonical, None, eval_metrics)
-        if "last" in managers and _due(step, config.checkpoint.every_steps, end):
-            ckpt.save(managers["last"], step, canonical, data_iter)
-    bar.close()
-    for manager in managers.values():
-        manager.wait_until_finished()
-        manager.close()
-    if writer is not None:
-        writer.close()
+    try:
+        last_time = time.perf_counter()
+        for step in range(start + 1, end + 1):
+            host_batch = next(data_iter)
+            if pmap:
+                state, metrics = train_fn(state, sharding.split_for_pmap(host_batch, len(local)))
+                metrics = jax.tree.map(lambda x: x[0], metrics)
+            else:
+                state, metrics = train_fn(state, sharding.shard_batch(host_batch, mesh))
+            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            now = time.perf_counter()
+            metrics["step_time_s"] = now - last_time
+            metrics["tokens_per_s"] = config.global_batch_size * host_batch["inputs"].shape[1] / (
+                now - last_time)
+            last_time = now
+            if not np.isfinite(metrics["loss"]) or not np.isfinite(metrics["grad_norm"]):
+                raise FloatingPointError(f"step {step}: loss={metrics['loss']}, grad_norm="
+                                         f"{metrics['grad_norm']}; the last checkpoint is kept")
+            history.append({"step": step, **metrics})
+            bar.update(1)
+            bar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
+            if step % config.logging.every_steps == 0 or step == end:
+                tb.write_scalars(writer, step, {f"train/{k}": v for k, v in metrics.items()
+                                                if k != "tokens"})
+            canonical = _Lazy(lambda: _unreplicate(state) if pmap else state)
+            hist_every = config.logging.histogram_every_steps
+            if hist_every and step % hist_every == 0:
+                tb.write_histograms(writer, step, canonical().params)
+            if eval_source is not None and _due(step, config.eval.every_steps, config.num_steps):
+                eval_metrics = evaluate(config, eval_fn, canonical().params, eval_source,
+                                        None if pmap else mesh)
+                tb.write_scalars(writer, step, eval_metrics)
+                if managers.get("best") is not None:
+                    ckpt.save(managers["best"], step, canonical(), None, eval_metrics)
+            if "last" in managers and _due(step, config.checkpoint.every_steps, end):
+                ckpt.save(managers["last"], step, canonical(), data_iter)
+    finally:  # pending async saves complete even when training stops on an error
+        bar.close()
+        for manager in managers.values():
+            manager.wait_until_finished()
+            manager.close()
+        if writer is not None:
+            writer.close()
     return FitResult(_unreplicate(state) if pmap else state, history, eval_metrics)
+
+
+class _Lazy:
+    """The unreplicated state, computed once and only if a log, eval or save needs it."""
+
+    def __init__(self, make):
+        self._make, self._value = make, None
+
+    def __call__(self):
+        if self._value is None:
+            self._value = self._make()
+        return self._value
 
 
 def _due(step: int, every: int, last: int) -> bool:

@@ -120,3 +120,16 @@ def test_wsm_merges_the_last_saved_checkpoints_with_the_decay_coefficients(tmp_p
     _assert_same_params(saved[-1], result.state.params)
     with pytest.raises(ValueError, match="needs 5"):
         ckpt.merge_saved_checkpoints(str(tmp_path / "checkpoints"), [1.0, 0.8, 0.5, 0.2])
+
+
+def test_a_non_finite_loss_stops_training_and_keeps_the_saved_checkpoints(tmp_path):
+    config = tiny_config(optimizer__learning_rate=1e30, checkpoint__every_steps=1)
+    with pytest.raises(FloatingPointError, match="step"):
+        fit(config, MODEL, TRAIN_SOURCE, str(tmp_path), devices=DEVICE)
+    steps = sorted(int(n) for n in os.listdir(tmp_path / "checkpoints") if n.isdigit())
+    assert steps and len(steps) <= 2
+    manager = ckpt.make_manager(str(tmp_path / "checkpoints"), merge_with_defaults(config))
+    restored = manager.restore(steps[-1], args=ocp.args.Composite(
+        state=ocp.args.StandardRestore()))["state"]
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(restored["params"]))
+    manager.close()
