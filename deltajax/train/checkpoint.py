@@ -86,10 +86,15 @@ def abstract_like(tree: Any) -> Any:
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
 
+def _reader(directory: str) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
+    return ocp.CheckpointManager(os.path.abspath(directory), item_names=("state", "data"),
+                                 options=options)
+
+
 def load_params(directory: str, step: int) -> Any:
     """The parameters saved at `step` under `directory` (a run's checkpoints folder), on host."""
-    with ocp.CheckpointManager(os.path.abspath(directory), item_names=("state", "data"),
-                               options=ocp.CheckpointManagerOptions(read_only=True)) as manager:
+    with _reader(directory) as manager:
         restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
     return jax.device_get(restored["state"]["params"])
 
@@ -99,8 +104,7 @@ def merge_saved_checkpoints(directory: str, weights_w) -> tuple[Any, list]:
 
     Returns (merged params, the steps merged). Keep checkpoint.max_to_keep >= len(weights_w) + 1
     while training so the window is on disk."""
-    with ocp.CheckpointManager(os.path.abspath(directory), item_names=("state", "data"),
-                               options=ocp.CheckpointManagerOptions(read_only=True)) as manager:
+    with _reader(directory) as manager:
         steps = sorted(manager.all_steps())
     needed = len(weights_w) + 1
     if len(steps) < needed:
