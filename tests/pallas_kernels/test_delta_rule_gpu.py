@@ -8,7 +8,8 @@ import pytest
 from deltajax.ops import delta_rule
 from tests.numerics import relative_error
 from tests.ops.cases import Case
-from tests.ops.test_delta_rule import reference_forward, reference_grads, rounded_inputs
+from tests.ops.test_delta_rule import (assert_matches_float64_reference, reference_forward,
+                                      reference_grads, rounded_inputs)
 from tests.pallas_kernels.helpers import BF16_CASES, CASES, run, use_target
 
 TARGET = "gpu"
@@ -17,14 +18,7 @@ TARGET = "gpu"
 @pytest.mark.parametrize("case", CASES, ids=lambda case: f"{case.id}-K{case.K}V{case.V}")
 def test_pallas_matches_float64_reference(case, monkeypatch):
     o, final_state, grads = run(case, TARGET, monkeypatch)
-    o_ref, final_ref = reference_forward(case, jnp.float32)
-    assert o.dtype == jnp.float32 and final_state.dtype == jnp.float32
-    assert relative_error(o, o_ref) < 1e-5
-    assert relative_error(final_state, final_ref) < 1e-5
-    grads_ref = reference_grads(case)
-    assert grads.keys() == grads_ref.keys()
-    for name, grad in grads.items():
-        assert relative_error(grad, grads_ref[name]) < 1e-4, name
+    assert_matches_float64_reference(case, o, final_state, grads)
 
 
 def test_pallas_matches_recurrent_backend(monkeypatch):
