@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from deltajax.ops.backend import pallas_target
 from deltajax.ops.chunked import delta_rule_chunked
 from deltajax.ops.pallas import delta_rule_pallas
 from deltajax.ops.recurrent import delta_rule_recurrent
@@ -75,7 +76,9 @@ def delta_rule(
         o, final_state = delta_rule_scan_or_chunked(q, k, v, beta, chunk_size=int(chunk_size),
                                                     **kwargs)
     else:
-        o, final_state = delta_rule_pallas(q, k, v, beta, chunk_size=int(chunk_size), **kwargs)
+        target, interpret = pallas_target(jax.default_backend())
+        o, final_state = delta_rule_pallas(q, k, v, beta, chunk_size=int(chunk_size),
+                                           target=target, interpret=interpret, **kwargs)
 
     if invalid is not None:
         o = jnp.where(invalid, jnp.array(jnp.nan, o.dtype), o)

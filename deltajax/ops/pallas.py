@@ -7,7 +7,6 @@ here is XLA and differentiable, so JAX carries the gradients through the padding
 the cumulative sum; the kernels' custom VJP does the rest.
 """
 
-import os
 from typing import Optional
 
 import jax
@@ -15,22 +14,6 @@ import jax.numpy as jnp
 
 from deltajax.ops.segments import segment_continues
 from pallas_kernels import delta_rule_gpu, delta_rule_tpu
-
-TARGET_ENV = "DELTAJAX_PALLAS_TARGET"
-
-
-def pallas_target() -> tuple[str, bool]:
-    """(kernel set "gpu" | "tpu", interpret): native on GPU/TPU, interpreted on CPU."""
-    platform = jax.default_backend()
-    if platform == "tpu":
-        return "tpu", False
-    if platform in ("gpu", "cuda", "rocm"):
-        return "gpu", False
-    target = os.environ.get(TARGET_ENV, "gpu")
-    if target not in ("gpu", "tpu"):
-        raise ValueError(f"{TARGET_ENV} must be 'gpu' or 'tpu', got {target!r}")
-    return target, True
-
 
 def _padded_dim(d: int, target: str) -> int:
     if target == "tpu":
@@ -46,12 +29,17 @@ def delta_rule_pallas(
     *,
     scale: float,
     chunk_size: int,
+    target: str,
+    interpret: bool,
     gate_BTH: Optional[jax.Array] = None,
     initial_state_BHKV: Optional[jax.Array] = None,
     segment_ids_BT: Optional[jax.Array] = None,
 ) -> tuple[jax.Array, jax.Array]:
-    """Returns (o_BTHV in the input dtype, final state_BHKV in float32)."""
-    target, interpret = pallas_target()
+    """Returns (o_BTHV in the input dtype, final state_BHKV in float32).
+
+    target: "gpu" (Triton) or "tpu" (Mosaic) kernels; interpret: run them in Pallas interpret
+    mode (CPU). deltajax.ops.backend resolves both.
+    """
     B, T, H, K = q_BTHK.shape
     V = v_BTHV.shape[-1]
     # As in chunked.py a short sequence gets a smaller chunk, but never below a 16x16 dot tile.

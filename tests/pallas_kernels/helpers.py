@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import pytest
 
 from deltajax.ops import delta_rule
-from deltajax.ops.pallas import TARGET_ENV, pallas_target
+from deltajax.ops.backend import PALLAS_TARGET_ENV as TARGET_ENV
+from deltajax.ops.backend import pallas_target
 from tests.ops.cases import Case, cotangents
 from tests.ops.test_delta_rule import rounded_inputs
 
@@ -28,7 +29,7 @@ BF16_CASES = [Case(T=70, chunk_size=32, gate=True, initial_state=True, segments=
 @functools.partial(jax.jit, static_argnames=("backend", "chunk_size", "target"))
 def forward_and_vjp(arrays, segment_ids, do, dfinal, *, backend, chunk_size, target):
     # target keys the jit cache: the kernel set is picked at trace time from the environment.
-    assert pallas_target()[0] == target
+    assert pallas_target(jax.default_backend())[0] == target
     def op(arrays):
         return delta_rule(**arrays, segment_ids=segment_ids, return_final_state=True,
                           backend=backend, chunk_size=chunk_size)
@@ -40,7 +41,7 @@ def forward_and_vjp(arrays, segment_ids, do, dfinal, *, backend, chunk_size, tar
 def use_target(monkeypatch, target: str):
     """Selects the kernel set; skips where it cannot run (the other kernel set on a GPU/TPU)."""
     monkeypatch.setenv(TARGET_ENV, target)
-    if pallas_target()[0] != target:
+    if pallas_target(jax.default_backend())[0] != target:
         pytest.skip(f"the {target} kernels run on CPU (interpreted) or on a {target} only")
 
 
