@@ -1,9 +1,7 @@
 """The lazy-vs-rich study: the analytic NTK, the kernel measures, GD resume and the script."""
 
+import functools
 import glob
-import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -11,10 +9,9 @@ import numpy as np
 import pytest
 
 from configs.lazy_rich import get_config
+from deltajax import study as study_lib
 from deltajax.analysis import centred_alignment, kernel_distance
-from experiments.grokking import lazy_rich_study as study
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from experiments import lazy_rich as study
 
 
 def test_ntk_matches_the_explicit_jacobian_product():
@@ -51,32 +48,32 @@ def test_alignment_is_one_for_the_label_kernel_and_shift_invariant():
 
 def test_learning_rate_scales_as_width_over_alpha_squared():
     config = get_config("kumar")
-    config.alpha = 4.0
-    assert study.learning_rate(config) == pytest.approx(config.lr0 * 500 / 16)
+    config.model.alpha = 4.0
+    assert study.learning_rate(config) == pytest.approx(config.train.lr0 * 500 / 16)
+    assert [r["name"] for r in get_config("kumar").sweep][:2] == ["a0.25-e0.02", "a1-e0.02"]
 
 
-def test_resumed_gd_equals_uninterrupted_gd(tmp_path):
+def test_study_resumes_gd_to_the_uninterrupted_result_and_writes_its_report(tmp_path):
+    quiet = functools.partial(study.train_and_evaluate, log=lambda _: None)
+    run = functools.partial(study_lib.run_study, study="lazy_rich", train_fn=quiet,
+                            report=study.report, out=str(tmp_path / "table"))
     config = get_config("smoke")
-    config.num_steps = 10
-    study.run(config, str(tmp_path / "resumed"), log=lambda _: None)
-    config.num_steps = 20
-    resumed = study.run(config, str(tmp_path / "resumed"), log=lambda _: None)["curves"]
-    straight = study.run(config, str(tmp_path / "straight"), log=lambda _: None)["curves"]
-    assert "10" in resumed and "20" in resumed
-    np.testing.assert_allclose(resumed["20"]["train_loss"], straight["20"]["train_loss"],
+    config.only = "a4-*"
+    config.train.num_steps = 10
+    run(config, str(tmp_path))
+    config.train.num_steps = 20     # a changed run resumes from its last checkpoint
+    run(config, str(tmp_path))
+    curves = study_lib.read_json(str(tmp_path / "runs" / "a4-e0.25" / "curves.json"))
+    straight = study.train_and_evaluate(study_lib.run_config(config, config.sweep[1]),
+                                        str(tmp_path / "straight"), log=lambda _: None)
+    assert "10" in curves and "20" in curves
+    np.testing.assert_allclose(curves["20"]["train_loss"], straight["final_train_loss"],
                                rtol=1e-5)
-    assert resumed["20"]["train_loss"] < resumed["0"]["train_loss"]
-
-
-def test_script_writes_table_figure_config_and_events(tmp_path):
-    out = tmp_path / "table"
-    subprocess.run([sys.executable, os.path.join(REPO, "experiments", "lazy_rich.py"),
-                    "--config=" + os.path.join(REPO, "configs", "lazy_rich.py") + ":smoke",
-                    f"--workdir={tmp_path}", f"--out={out}"], check=True, cwd=REPO,
-                   capture_output=True, timeout=300)
+    assert curves["20"]["train_loss"] < curves["0"]["train_loss"]
     table = (tmp_path / "table.md").read_text()
-    assert table.count("| 0.25 |") == 2 and "| 0.25 | 4 |" in table
+    assert table.count("| 0.25 |") == 1 and "| 0.25 | 4 |" in table
     assert (tmp_path / "table.png").stat().st_size > 10_000
     assert '"width": 16' in (tmp_path / "table.json").read_text()
-    assert glob.glob(str(tmp_path / "a4-e0.25" / "tensorboard" / "events.*"))
-    assert glob.glob(str(tmp_path / "a4-e0.25" / "checkpoints" / "20"))
+    run_dir = tmp_path / "runs" / "a4-e0.25"
+    assert glob.glob(str(run_dir / "tensorboard" / "events.*"))
+    assert glob.glob(str(run_dir / "checkpoints" / "20"))
