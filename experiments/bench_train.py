@@ -43,17 +43,13 @@ FLAGS = flags.FLAGS
 
 def build_model():
     if FLAGS.model == "tiny":
-        sys.path.insert(0, REPO)
-        from tests.train.tiny_model import TinyLM
+        from deltajax.train.testing import TinyLM
         return TinyLM(FLAGS.vocab, d_model=FLAGS.d_model)
-    try:
-        from deltajax.models import LanguageModel, ModelConfig
-    except ImportError as error:
-        raise SystemExit(f"--model=deltanet needs deltajax.models, which is not importable: "
-                         f"{error}")
+    from deltajax.models import LanguageModel, ModelConfig
     return LanguageModel(ModelConfig(vocab_size=FLAGS.vocab, d_model=FLAGS.d_model,
                                      num_layers=FLAGS.num_layers, num_heads=FLAGS.num_heads,
-                                     mixer="deltanet", mlp="swiglu", backend=FLAGS.backend))
+                                     mixer="deltanet", mlp="swiglu",
+                                     delta_rule=dict(backend=FLAGS.backend)))
 
 
 def time_steps(num_devices: int) -> dict:
@@ -62,7 +58,8 @@ def time_steps(num_devices: int) -> dict:
     import ml_collections
 
     from deltajax.data import CopySource, make_dataset
-    from deltajax.train import sharding, step as step_lib
+    from deltajax.train import sharding
+    from deltajax.train import step as step_lib
     from deltajax.train.config import merge_with_defaults, validate_config
     from deltajax.train.optimizer import make_optimizer
     from deltajax.train.trainer import init_sharded_state
@@ -121,8 +118,6 @@ def run_worker(num_devices: int) -> dict:
         reason = "XLA:CPU all-reduce deadlock" if stuck else f"exit code {result.returncode}"
         print(f"worker with {num_devices} devices failed ({reason}):\n{result.stderr[-2000:]}",
               file=sys.stderr)
-        if "needs deltajax.models" in result.stderr:
-            raise SystemExit(result.stderr.strip().splitlines()[-1])
         return {"devices": num_devices, "error": reason}
     return json.loads(result.stdout.strip().splitlines()[-1])
 

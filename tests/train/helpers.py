@@ -3,7 +3,7 @@
 import ml_collections
 
 from deltajax.data import CopySource
-from tests.train.tiny_model import TinyLM
+from deltajax.train.testing import TinyLM
 
 VOCAB, SEQ_LEN = 12, 16
 TRAIN_SOURCE = CopySource(num_examples=256, seq_len=SEQ_LEN, vocab_size=VOCAB, seed=0)

@@ -1,4 +1,5 @@
-"""A tiny causal LM for trainer tests: embedding, a causal running-mean mixer, norm, head."""
+"""A tiny causal LM for the trainer's tests and benchmarks (experiments/bench_train.py):
+embedding, a causal running-mean mixer, norm, head. No deltajax layer: it isolates the trainer."""
 
 import flax.linen as nn
 import jax.numpy as jnp
