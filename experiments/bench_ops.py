@@ -1,7 +1,7 @@
-"""Times every XLA backend of delta_rule over sequence lengths and writes a Markdown table.
+"""Times backends of delta_rule over sequence lengths and writes a Markdown table.
 
     python experiments/bench_ops.py --preset=full     # benchmarks/results/<platform>-ops.md
-    python experiments/bench_ops.py --preset=small    # what `make bench-ops` prints (runs/bench_ops/)
+    python experiments/bench_ops.py --preset=small    # `make bench-ops` (runs/bench_ops/)
 
 Forward and forward+backward are timed under jax.jit (medians of --repeats calls after a warm-up
 call); peak memory is XLA's buffer assignment for the compiled forward+backward (arguments +
@@ -15,12 +15,12 @@ import statistics
 import sys
 import time
 
-from absl import app, flags
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import app, flags
 
-from deltajax.ops import delta_rule
+from deltajax.ops import Backend, delta_rule, parse_backend
 
 PRESETS = {
     "small": dict(seq_lens=(256, 1024, 4096), repeats=3, out_dir="runs/bench_ops"),
@@ -30,7 +30,9 @@ PRESETS = {
 
 flags.DEFINE_enum("preset", "small", list(PRESETS), "Sequence lengths, repeats and output folder.")
 flags.DEFINE_list("seq_lens", None, "Overrides the preset's sequence lengths.")
-flags.DEFINE_list("backends", ["recurrent", "chunked"], "Backends of delta_rule to time.")
+flags.DEFINE_list("backends", ["recurrent", "chunked"],
+                  "Backends of delta_rule to time, by Backend value: "
+                  + ", ".join(b.value for b in Backend) + ".")
 flags.DEFINE_integer("batch", 1, "B")
 flags.DEFINE_integer("heads", 4, "H")
 flags.DEFINE_integer("head_dim", 64, "K = V")
@@ -97,7 +99,8 @@ def to_markdown(rows, *, header, command) -> str:
     lines += [f"| {r.seq_len} | {r.backend} | {r.forward_ms:.2f} | {r.train_ms:.2f} | "
               f"{r.train_peak_mib:.1f} |" for r in rows]
     by_key = {(r.seq_len, r.backend): r for r in rows}
-    ratios = [(T, by_key[T, "recurrent"], by_key[T, "chunked"]) for T in sorted({r.seq_len for r in rows})
+    ratios = [(T, by_key[T, "recurrent"], by_key[T, "chunked"])
+              for T in sorted({r.seq_len for r in rows})
               if (T, "recurrent") in by_key and (T, "chunked") in by_key]
     if ratios:
         lines += ["", "Chunked against jax.grad through the recurrent scan (same run):", "",
@@ -124,9 +127,10 @@ def main(argv):
               f"B={B}, H={H}, K=V={D}, {FLAGS.dtype}, chunk_size={FLAGS.chunk_size}, "
               f"L2-normalised k, beta in [0, 1]; medians of {repeats} calls.")
 
+    backends = [parse_backend(b, "--backends").value for b in FLAGS.backends]
     rows = []
     for T in seq_lens:
-        for backend in FLAGS.backends:
+        for backend in backends:
             rows.append(measure(backend, T, B=B, H=H, D=D, dtype=jnp.dtype(FLAGS.dtype),
                                 chunk_size=FLAGS.chunk_size, repeats=repeats))
             print(f"T={T:6d} {backend:10s} fwd {rows[-1].forward_ms:9.2f} ms  "

@@ -6,6 +6,8 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from deltajax.ops.backend import check_chunk_size, clamp_chunk
+
 _PRECISION = jax.lax.Precision.HIGHEST
 
 
@@ -55,12 +57,14 @@ def linear_attention(
     """Causal linear attention S_t = S_{t-1} + k_t v_t^T, o_t = S_t^T (scale q_t), chunkwise.
 
     No normalising denominator (layers normalise the output). State and accumulation are float32;
-    o comes back in the dtype of v.
+    o comes back in the dtype of v. chunk_size: a power of two, clamped to the sequence as
+    delta_rule's is (deltajax.ops.backend.clamp_chunk).
     """
     B, T, H, K = q_BTHK.shape
     V = v_BTHV.shape[-1]
     scale = K ** -0.5 if scale is None else scale
-    C = min(chunk_size, 1 << (T - 1).bit_length())
+    # A public op like delta_rule: the same check and the same clamp rule.
+    C = clamp_chunk(check_chunk_size(chunk_size), T)
     N = -(-T // C)
 
     def to_chunks(x_BTH_):

@@ -40,11 +40,14 @@ def delta_rule_chunked(
     initial_state_BHKV: Optional[jax.Array] = None,
     segment_ids_BT: Optional[jax.Array] = None,
 ) -> tuple[jax.Array, jax.Array]:
-    """Returns (o_BTHV in the input dtype, final state_BHKV in float32)."""
+    """Returns (o_BTHV in the input dtype, final state_BHKV in float32).
+
+    chunk_size is taken as given (delta_rule clamps it to the sequence): a chunk longer than T
+    is correct, only padded.
+    """
     B, T, H, K = q_BTHK.shape
     V = v_BTHV.shape[-1]
-    # A short sequence gets a smaller chunk rather than padding up to chunk_size.
-    C = min(chunk_size, 1 << (T - 1).bit_length())
+    C = chunk_size
     N = -(-T // C)
     pad = N * C - T
 

@@ -1,18 +1,19 @@
-"""The public delta-rule op: argument checks and backend dispatch."""
+"""The public delta-rule op: argument checks, one resolution of the backend, and the call."""
 
+import functools
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deltajax.ops.backend import pallas_target
+from deltajax.ops.backend import Backend, Resolved, check_chunk_size, parse_backend, resolve
 from deltajax.ops.chunked import delta_rule_chunked
 from deltajax.ops.pallas import delta_rule_pallas
 from deltajax.ops.recurrent import delta_rule_recurrent
-from deltajax.ops.scan_or_chunked import delta_rule_scan_or_chunked
 
-BACKENDS = ("auto", "recurrent", "chunked", "pallas")
+# The values `backend` accepts, for callers that validated strings before Backend existed.
+BACKENDS = tuple(b.value for b in Backend)
 
 
 def delta_rule(
@@ -26,13 +27,15 @@ def delta_rule(
     initial_state: Optional[jax.Array] = None,
     segment_ids: Optional[jax.Array] = None,
     return_final_state: bool = False,
-    backend: str = "auto",
+    backend: Backend | str = Backend.AUTO,
     chunk_size: int = 64,
+    block_sizes=None,
 ) -> tuple[jax.Array, Optional[jax.Array]]:
     """The (gated) delta rule over a sequence, per batch element and head.
 
     With S_0 = initial_state (or 0), for t = 1..T:
-        S_t = exp(g_t) S_{t-1};  S_t = S_t + beta_t k_t (v_t - S_t^T k_t)^T;  o_t = S_t^T (scale q_t)
+        S_t = exp(g_t) S_{t-1};  S_t = S_t + beta_t k_t (v_t - S_t^T k_t)^T;
+        o_t = S_t^T (scale q_t)
 
     Args:
       q, k: [batch, time, heads, K]. Not normalised here (DeltaNet layers L2-normalise them).
@@ -44,9 +47,13 @@ def delta_rule(
       segment_ids: [batch, time] integers, non-decreasing. The state resets to zero where the id
         changes, so packed sequences give what each would alone.
       return_final_state: also return the float32 state after the last token.
-      backend: "recurrent" (lax.scan, the specification), "chunked" (chunkwise WY form), "pallas",
-        or "auto" (the fastest correct one for the platform and the call).
-      chunk_size: tokens per chunk of the chunked backends, a power of two.
+      backend: a Backend or its value: "recurrent" (lax.scan, the specification), "chunked"
+        (chunkwise WY form), "scan_chunked_vjp" (the scan's forward, the chunked VJP),
+        "pallas", or "auto" (the measured fastest for the platform and the call; see
+        deltajax/ops/README.md).
+      chunk_size: tokens per chunk of the chunked backends, a power of two; clamped to the
+        sequence (deltajax.ops.backend.clamp_chunk). `auto` uses its measured chunk instead.
+      block_sizes: pallas_kernels BlockSizes (tiles of the Pallas kernels); Pallas path only.
 
     Returns:
       (o [batch, time, heads, V] in the dtype of v, final_state [batch, heads, K, V] float32 or
@@ -55,48 +62,84 @@ def delta_rule(
     """
     B, T, H, K, V = _check_shapes(q, k, v, beta, gate, initial_state, segment_ids)
     _check_dtypes(q, k, v, beta, gate, initial_state, segment_ids)
-    if not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1 or chunk_size & (chunk_size - 1):
-        raise ValueError(f"chunk_size must be a positive power of two, got {chunk_size!r}")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    chunk_size = check_chunk_size(chunk_size)
+    backend = parse_backend(backend)
     if scale is None:
         scale = K ** -0.5
     elif not isinstance(scale, (int, float, np.number)):
         raise ValueError(f"scale must be a Python number or None, got {type(scale).__name__}")
     invalid = _check_values(gate, segment_ids)
 
-    backend = _resolve(backend, T)
-    kwargs = dict(scale=float(scale), gate_BTH=gate, initial_state_BHKV=initial_state,
-                  segment_ids_BT=segment_ids)
-    if backend == "recurrent":
-        o, final_state = delta_rule_recurrent(q, k, v, beta, **kwargs)
-    elif backend == "chunked":
-        o, final_state = delta_rule_chunked(q, k, v, beta, chunk_size=int(chunk_size), **kwargs)
-    elif backend == "scan_or_chunked":
-        o, final_state = delta_rule_scan_or_chunked(q, k, v, beta, chunk_size=int(chunk_size),
-                                                    **kwargs)
+    min_chunk = _pallas_min_chunk(block_sizes)
+    request = dict(seq_len=T, head_dim=K, chunk_size=chunk_size, platform=jax.default_backend(),
+                   min_chunk=min_chunk)
+    evaluated = resolve(backend, differentiated=False, **request)
+    differentiated = resolve(backend, differentiated=True, **request)
+    if block_sizes is not None and Backend.PALLAS not in (evaluated.path, differentiated.path):
+        raise ValueError(f"block_sizes applies to the Pallas path only; backend={backend.value!r} "
+                         f"resolved to {evaluated.path.value!r} here")
+
+    arrays = dict(q_BTHK=q, k_BTHK=k, v_BTHV=v, beta_BTH=beta, gate_BTH=gate,
+                  initial_state_BHKV=initial_state, segment_ids_BT=segment_ids)
+    static = (float(scale), block_sizes)
+    if evaluated == differentiated:
+        o, final_state = _run(evaluated, static, arrays)
     else:
-        target, interpret = pallas_target(jax.default_backend())
-        o, final_state = delta_rule_pallas(q, k, v, beta, chunk_size=int(chunk_size),
-                                           target=target, interpret=interpret, **kwargs)
+        o, final_state = _evaluate_one_differentiate_other(evaluated, differentiated, static,
+                                                           arrays)
 
     if invalid is not None:
         o = jnp.where(invalid, jnp.array(jnp.nan, o.dtype), o)
     return o, (final_state if return_final_state else None)
 
 
-def _resolve(backend: str, T: int) -> str:
-    if backend != "auto":
-        return backend
-    # One token (a decode step) is a single recurrent update. Longer sequences take the Pallas
-    # kernels where they compile natively. On CPU Pallas only interprets: there the scan is the
-    # fastest forward and the chunked VJP the fastest gradient, and scan_or_chunked runs each
-    # where it wins (benchmarks/results/cpu-ops.md).
-    if T == 1:
-        return "recurrent"
-    if jax.default_backend() in ("gpu", "cuda", "rocm", "tpu"):
-        return "pallas"
-    return "scan_or_chunked"
+def _pallas_min_chunk(block_sizes) -> int:
+    """The Pallas kernels' smallest chunk: block_sizes', else the default BlockSizes'."""
+    if block_sizes is not None:
+        return block_sizes.min_chunk
+    try:
+        from pallas_kernels.block_sizes import BlockSizes
+    except ImportError:  # kernels without BlockSizes: Triton's smallest dot tile
+        return 16
+    return BlockSizes().min_chunk
+
+
+def _run(path: Resolved, static, arrays):
+    """Returns (o_BTHV, final state_BHKV) of one resolved path."""
+    scale, block_sizes = static
+    match path.path:
+        case Backend.RECURRENT:
+            return delta_rule_recurrent(**arrays, scale=scale)
+        case Backend.CHUNKED:
+            return delta_rule_chunked(**arrays, scale=scale, chunk_size=path.chunk_size)
+        case Backend.PALLAS:
+            # block_sizes only when given, so the call works with either kernel API.
+            extra = {} if block_sizes is None else dict(block_sizes=block_sizes)
+            return delta_rule_pallas(**arrays, scale=scale, chunk_size=path.chunk_size,
+                                     target=path.target, interpret=path.interpret, **extra)
+    raise AssertionError(f"not a concrete path: {path}")
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _evaluate_one_differentiate_other(evaluated, differentiated, static, arrays):
+    # JAX runs a custom_vjp's primal when nothing differentiates the call and its fwd rule when
+    # something does, so one op evaluates with one path and differentiates with another.
+    del differentiated
+    return _run(evaluated, static, arrays)
+
+
+def _differentiated_fwd(evaluated, differentiated, static, arrays):
+    del evaluated
+    # The other path's pullback (a pytree of its residuals) is the residual.
+    return jax.vjp(functools.partial(_run, differentiated, static), arrays)
+
+
+def _differentiated_bwd(evaluated, differentiated, static, pullback, cotangents):
+    del evaluated, differentiated, static
+    return pullback(cotangents)
+
+
+_evaluate_one_differentiate_other.defvjp(_differentiated_fwd, _differentiated_bwd)
 
 
 def _shape_error(name, expected, x):

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from deltajax.ops import cached_attention, causal_attention, linear_attention, rope
 from tests.numerics import relative_error
@@ -12,7 +13,8 @@ B, T, H, K, V = 2, 37, 2, 8, 6
 
 def random_qkv(seed=0):
     rng = np.random.default_rng(seed)
-    return (rng.normal(size=(B, T, H, K)), rng.normal(size=(B, T, H, K)), rng.normal(size=(B, T, H, V)),
+    return (rng.normal(size=(B, T, H, K)), rng.normal(size=(B, T, H, K)),
+            rng.normal(size=(B, T, H, V)),
             rng.normal(size=(B, H, K, V)))
 
 
@@ -40,8 +42,15 @@ def test_linear_attention_matches_quadratic_form_values_and_gradients():
     with jax.enable_x64(True):
         _, vjp_ref = jax.vjp(lambda *a: linear_attention_quadratic(*a, jnp), q, k, v, S0)
         grads_ref = vjp_ref((jnp.asarray(do), jnp.asarray(dS)))
-    for grad, grad_ref in zip(grads, grads_ref):
+    for grad, grad_ref in zip(grads, grads_ref, strict=True):
         assert relative_error(grad, np.asarray(grad_ref)) < 1e-4
+
+
+@pytest.mark.parametrize("chunk_size", [0, 12])
+def test_linear_attention_checks_chunk_size_like_delta_rule(chunk_size):
+    q, k, v, _ = (jnp.asarray(x, jnp.float32) for x in random_qkv())
+    with pytest.raises(ValueError, match="chunk_size must be a positive power of two"):
+        linear_attention(q, k, v, chunk_size=chunk_size)
 
 
 def test_rope_scores_depend_only_on_relative_position():
@@ -49,7 +58,8 @@ def test_rope_scores_depend_only_on_relative_position():
     q, k = jnp.asarray(q[:, :1], jnp.float32), jnp.asarray(k[:, :1], jnp.float32)
     score = lambda m, n: jnp.sum(rope(q, jnp.array([m]), 100.0) * rope(k, jnp.array([n]), 100.0))
     np.testing.assert_allclose(score(3, 1), score(12, 10), rtol=1e-5)
-    np.testing.assert_allclose(jnp.linalg.norm(rope(q, jnp.array([7]))), jnp.linalg.norm(q), rtol=1e-6)
+    np.testing.assert_allclose(jnp.linalg.norm(rope(q, jnp.array([7]))), jnp.linalg.norm(q),
+                               rtol=1e-6)
     assert abs(float(score(3, 1) - score(3, 2))) > 1e-3
 
 

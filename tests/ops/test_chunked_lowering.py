@@ -1,6 +1,5 @@
 """The chunked op lowers to plain XLA: no LAPACK custom call that could deadlock a CPU mesh."""
 
-import functools
 
 import jax
 import jax.numpy as jnp
