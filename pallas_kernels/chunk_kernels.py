@@ -1,10 +1,13 @@
-"""The two chunk-parallel kernels, one program per (batch*head, chunk[, value block]), GPU and TPU.
+"""The two chunk-parallel kernels, shared by the GPU and TPU kernel sets.
 
 `prepare` computes each chunk's WY factors W, U (the UT solve); `chunk_grads` recomputes them and
 turns (S, dS', dO) of a chunk into the cotangents of its inputs. Neither carries anything between
 chunks, so both grids are fully parallel; the sequential state passes live in delta_rule_gpu.py
-and delta_rule_tpu.py. Block shapes are (C, head_dim) tiles, (C, 1) columns and (1, C) rows:
-powers of two for Triton, and full trailing dims or multiples of 8 sublanes for Mosaic TPU.
+and delta_rule_tpu.py, which also supply these kernels' compiler parameters.
+
+Array names give shapes: N = batch*heads, T = time (a multiple of the chunk C), M = T / C chunks,
+K and V the (padded) head dims. Block shapes are (C, head_dim) tiles, (C, 1) columns and (1, C)
+rows: powers of two for Triton, and full trailing dims or multiples of 8 sublanes for Mosaic.
 """
 
 from typing import NamedTuple
@@ -14,75 +17,103 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from pallas_kernels import chunk_math
+from pallas_kernels.block_sizes import BlockSizes
 from pallas_kernels.shapes import out_struct
 
 
 class TokenScalars(NamedTuple):
-    """Per-token f32 scalars in the two layouts the kernels load."""
-    beta_col: jax.Array   # [BH, Tp, 1]
-    G_col: jax.Array      # [BH, Tp, 1] within-chunk cumulative log-gate
-    G_row: jax.Array      # [BH, N, 1, C]
-    c_col: jax.Array      # [BH, Tp, 1] segment starts so far in the chunk (0 = entering segment)
-    c_row: jax.Array      # [BH, N, 1, C]
+    """Per-token f32 scalars in the two layouts the kernels load (columns and rows)."""
+    beta_NT1: jax.Array
+    G_NT1: jax.Array      # within-chunk cumulative log-gate
+    G_NM1C: jax.Array
+    c_NT1: jax.Array      # segment starts so far in the chunk (0 = the entering state's segment)
+    c_NM1C: jax.Array
 
 
-def token_scalars(beta_BHT, G_BHT, c_BHT, C: int) -> TokenScalars:
-    BH, Tp = beta_BHT.shape
-    col = lambda x: x.astype(jnp.float32).reshape(BH, Tp, 1)
-    row = lambda x: x.astype(jnp.float32).reshape(BH, Tp // C, 1, C)
-    return TokenScalars(col(beta_BHT), col(G_BHT), row(G_BHT), col(c_BHT), row(c_BHT))
+def token_scalars(beta_NT, G_NT, c_NT, chunk_size: int) -> TokenScalars:
+    N, T = beta_NT.shape
+    col = lambda x: x.astype(jnp.float32).reshape(N, T, 1)
+    row = lambda x: x.astype(jnp.float32).reshape(N, T // chunk_size, 1, chunk_size)
+    return TokenScalars(col(beta_NT), col(G_NT), row(G_NT), col(c_NT), row(c_NT))
+
+
+def load_decay(G_C1_ref, G_1C_ref, c_C1_ref, c_1C_ref) -> chunk_math.Decay:
+    return chunk_math.decay_masks(G_C1_ref[...], G_1C_ref[...], c_C1_ref[...], c_1C_ref[...])
+
+
+def check_layout(q_NTK, k_NTK, v_NTV, beta_NT, G_NT, c_NT, S0_NKV, chunk_size, block_sizes):
+    """Raises ValueError naming the argument when the kernels' layout is not met."""
+    if not isinstance(block_sizes, BlockSizes):
+        raise ValueError(f"block_sizes must be a BlockSizes or None, got {block_sizes!r}")
+    N, T, K = q_NTK.shape
+    V = v_NTV.shape[-1]
+    min_chunk = block_sizes.min_chunk
+    if chunk_size < min_chunk or chunk_size & (chunk_size - 1):
+        raise ValueError(f"chunk_size must be a power of two >= block_sizes.min_chunk="
+                         f"{min_chunk}, got {chunk_size}")
+    if T % chunk_size:
+        raise ValueError(f"q must have a time length that is a multiple of chunk_size="
+                         f"{chunk_size}, got shape {q_NTK.shape}")
+    for name, x, shape in (("k", k_NTK, (N, T, K)), ("v", v_NTV, (N, T, V)),
+                           ("beta", beta_NT, (N, T)), ("G", G_NT, (N, T)), ("c", c_NT, (N, T)),
+                           ("S0", S0_NKV, (N, K, V))):
+        if tuple(x.shape) != shape:
+            raise ValueError(f"{name} must have shape {shape}, got {tuple(x.shape)}")
 
 
 def _tile(C, d):
-    return pl.BlockSpec((None, C, d), lambda bh, n: (bh, n, 0))
+    return pl.BlockSpec((None, C, d), lambda n, j: (n, j, 0))
 
 
 def _scalar_specs(C):
-    col = pl.BlockSpec((None, C, 1), lambda bh, n: (bh, n, 0))
-    row = pl.BlockSpec((None, None, 1, C), lambda bh, n: (bh, n, 0, 0))
+    col = pl.BlockSpec((None, C, 1), lambda n, j: (n, j, 0))
+    row = pl.BlockSpec((None, None, 1, C), lambda n, j: (n, j, 0, 0))
     return [col, col, row, col, row]
 
 
-def load_decay(G_col_ref, G_row_ref, c_col_ref, c_row_ref) -> chunk_math.Decay:
-    return chunk_math.decay(G_col_ref[...], G_row_ref[...], c_col_ref[...], c_row_ref[...])
-
-
-def _prepare_kernel(k_ref, v_ref, beta_ref, Gc_ref, Gr_ref, cc_ref, cr_ref, w_ref, u_ref, *,
-                    dtype, solve_precision):
+def _prepare_kernel(k_ref, v_ref, beta_ref, G_C1_ref, G_1C_ref, c_C1_ref, c_1C_ref, w_ref, u_ref,
+                    *, dtype, solve_precision):
+    """One chunk: k [C, K], v [C, V], per-token scalars -> w [C, K], u [C, V]."""
     f32 = lambda ref: ref[...].astype(jnp.float32)
-    dk = load_decay(Gc_ref, Gr_ref, cc_ref, cr_ref)
-    f = chunk_math.factors(f32(k_ref), f32(v_ref), beta_ref[...], dk, dtype, solve_precision)
+    decay = load_decay(G_C1_ref, G_1C_ref, c_C1_ref, c_1C_ref)
+    f = chunk_math.factors(f32(k_ref), f32(v_ref), beta_ref[...], decay, dtype, solve_precision)
     w_ref[...] = f.W_CK.astype(w_ref.dtype)
     u_ref[...] = f.U_CV.astype(u_ref.dtype)
 
 
-def prepare(k_BHTK, v_BHTV, tok: TokenScalars, *, C: int, call_params: dict, solve_precision):
-    """W [BH, Tp, K] and U [BH, Tp, V] of every chunk, in the inputs' dtype.
+def prepare(k_NTK, v_NTV, tok: TokenScalars, *, chunk_size: int, call_params: dict,
+            solve_precision):
+    """(W_NTK, U_NTV) of every chunk, in the inputs' dtype; grid (N, M).
 
     The state passes round W to that dtype for their dots anyway; bf16 halves their traffic.
+    call_params: the target's pallas_call keywords (interpret, compiler_params).
     """
-    BH, Tp, K = k_BHTK.shape
-    V = v_BHTV.shape[-1]
-    kernel = lambda *refs: _prepare_kernel(*refs, dtype=k_BHTK.dtype,
+    N, T, K = k_NTK.shape
+    V = v_NTV.shape[-1]
+    C = chunk_size
+    kernel = lambda *refs: _prepare_kernel(*refs, dtype=k_NTK.dtype,
                                            solve_precision=solve_precision)
+    inputs = (k_NTK, v_NTV, *tok)
     return pl.pallas_call(
         kernel,
-        grid=(BH, Tp // C),
+        grid=(N, T // C),
         in_specs=[_tile(C, K), _tile(C, V)] + _scalar_specs(C),
         out_specs=[_tile(C, K), _tile(C, V)],
-        out_shape=[out_struct((BH, Tp, K), k_BHTK.dtype, (k_BHTK, v_BHTV, *tok)),
-                   out_struct((BH, Tp, V), k_BHTK.dtype, (k_BHTK, v_BHTV, *tok))],
+        out_shape=[out_struct((N, T, K), k_NTK.dtype, inputs),
+                   out_struct((N, T, V), k_NTK.dtype, inputs)],
         name="delta_rule_prepare",
         **call_params,
-    )(k_BHTK, v_BHTV, *tok)
+    )(*inputs)
 
 
-def _grads_kernel(q_ref, k_ref, v_ref, beta_ref, Gc_ref, Gr_ref, cc_ref, cr_ref, s_ref, ds_ref,
-                  do_ref, dq_ref, dk_ref, dv_ref, dbeta_ref, dG_ref, *, dtype, solve_precision):
+def _grads_kernel(q_ref, k_ref, v_ref, beta_ref, G_C1_ref, G_1C_ref, c_C1_ref, c_1C_ref, s_ref,
+                  ds_ref, do_ref, dq_ref, dk_ref, dv_ref, dbeta_ref, dG_ref, *, dtype,
+                  solve_precision):
+    """One chunk and value block: q, k [C, K], v, do [C, BV], s, ds [K, BV] -> cotangents."""
     f32 = lambda ref: ref[...].astype(jnp.float32)
     q, k, v, beta = f32(q_ref), f32(k_ref), f32(v_ref), beta_ref[...]
-    f = chunk_math.factors(k, v, beta, load_decay(Gc_ref, Gr_ref, cc_ref, cr_ref), dtype,
-                           solve_precision)
+    decay = load_decay(G_C1_ref, G_1C_ref, c_C1_ref, c_1C_ref)
+    f = chunk_math.factors(k, v, beta, decay, dtype, solve_precision)
     dq, dk, dv, dbeta, dG = chunk_math.chunk_backward(
         q, k, v, beta, f, s_ref[...], ds_ref[...], f32(do_ref), dtype)
     dq_ref[...] = dq
@@ -92,41 +123,53 @@ def _grads_kernel(q_ref, k_ref, v_ref, beta_ref, Gc_ref, Gr_ref, cc_ref, cr_ref,
     dG_ref[...] = dG
 
 
-def chunk_grads(q_BHTK, k_BHTK, v_BHTV, tok: TokenScalars, states_BHNKV, dstates_BHNKV,
-                do_BHTV, *, C: int, call_params: dict, solve_precision, block_v: int):
-    """float32 (dq, dk [BH, Tp, K], dv [BH, Tp, V], dbeta, dG [BH, Tp, 1]).
+def chunk_grads(q_NTK, k_NTK, v_NTV, tok: TokenScalars, states_NMKV, dstates_NMKV, do_NTV, *,
+                chunk_size: int, call_params: dict, solve_precision, block_v: int):
+    """float32 (dq_NTK, dk_NTK, dv_NTV, dbeta_NT1, dG_NT1); grid (N, M * V / block_v).
 
-    states[n] is the state entering chunk n, dstates[n] the cotangent of the state leaving it.
-    With block_v < V each program takes block_v value columns: the chunk backward is linear in
-    (dO, dS'), whose columns split cleanly, so dv comes out whole and dq, dk, dbeta, dG as
+    states[:, j] is the state entering chunk j, dstates[:, j] the cotangent of the state leaving
+    it. With block_v < V each program takes block_v value columns: the chunk backward is linear
+    in (dO, dS'), whose columns split cleanly, so dv comes out whole and dq, dk, dbeta, dG as
     per-block partials summed here. It keeps the [K, block_v] S and dS tiles in registers.
     """
-    BH, Tp, K = q_BHTK.shape
-    V = v_BHTV.shape[-1]
-    BV = block_v
+    N, T, K = q_NTK.shape
+    V = v_NTV.shape[-1]
+    C, BV = chunk_size, block_v
     NV = V // BV
-    # Grid (BH, chunk * NV + value block); no integer division in the index maps when NV = 1.
+    # Grid (N, chunk * NV + value block); no integer division in the index maps when NV = 1.
     split = (lambda i: (i, 0)) if NV == 1 else (lambda i: (i // NV, i % NV))
-    tile = lambda d: pl.BlockSpec((None, C, d), lambda bh, i: (bh, split(i)[0], 0))
-    v_tile = pl.BlockSpec((None, C, BV), lambda bh, i: (bh, *split(i)))
-    col = pl.BlockSpec((None, C, 1), lambda bh, i: (bh, split(i)[0], 0))
-    row = pl.BlockSpec((None, None, 1, C), lambda bh, i: (bh, split(i)[0], 0, 0))
-    state = pl.BlockSpec((None, None, K, BV), lambda bh, i: (bh, split(i)[0], 0, split(i)[1]))
-    partial = lambda d: pl.BlockSpec((None, None, C, d), lambda bh, i: (split(i)[1], bh,
-                                                                         split(i)[0], 0))
-    inputs = (q_BHTK, k_BHTK, v_BHTV, *tok, states_BHNKV, dstates_BHNKV, do_BHTV)
+    tile = lambda d: pl.BlockSpec((None, C, d), lambda n, i: (n, split(i)[0], 0))
+    v_tile = pl.BlockSpec((None, C, BV), lambda n, i: (n, *split(i)))
+    col = pl.BlockSpec((None, C, 1), lambda n, i: (n, split(i)[0], 0))
+    row = pl.BlockSpec((None, None, 1, C), lambda n, i: (n, split(i)[0], 0, 0))
+    state = pl.BlockSpec((None, None, K, BV), lambda n, i: (n, split(i)[0], 0, split(i)[1]))
+    partial = lambda d: pl.BlockSpec((None, None, C, d),
+                                     lambda n, i: (split(i)[1], n, split(i)[0], 0))
+    inputs = (q_NTK, k_NTK, v_NTV, *tok, states_NMKV, dstates_NMKV, do_NTV)
     f32 = lambda *shape: out_struct(shape, jnp.float32, inputs)
-    kernel = lambda *refs: _grads_kernel(*refs, dtype=q_BHTK.dtype,
+    kernel = lambda *refs: _grads_kernel(*refs, dtype=q_NTK.dtype,
                                          solve_precision=solve_precision)
     dq, dk, dv, dbeta, dG = pl.pallas_call(
         kernel,
-        grid=(BH, Tp // C * NV),
+        grid=(N, T // C * NV),
         in_specs=[tile(K), tile(K), v_tile, col, col, row, col, row, state, state, v_tile],
         out_specs=[partial(K), partial(K), v_tile, partial(1), partial(1)],
-        out_shape=[f32(NV, BH, Tp, K), f32(NV, BH, Tp, K), f32(BH, Tp, V), f32(NV, BH, Tp, 1),
-                   f32(NV, BH, Tp, 1)],
+        out_shape=[f32(NV, N, T, K), f32(NV, N, T, K), f32(N, T, V), f32(NV, N, T, 1),
+                   f32(NV, N, T, 1)],
         name="delta_rule_chunk_grads",
         **call_params,
     )(*inputs)
     total = lambda x: jnp.sum(x, axis=0)
     return total(dq), total(dk), dv, total(dbeta), total(dG)
+
+
+def input_cotangents(primals, grads, dS0_NKV):
+    """The custom_vjp's cotangents of (q, k, v, beta, G, c, S0): each in its primal's dtype.
+
+    grads: chunk_grads' output; c (segment counts) is not differentiable and gets zeros.
+    """
+    q, k, v, beta, G, c = primals
+    dq, dk, dv, dbeta, dG = grads
+    return (dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype),
+            dbeta[..., 0].astype(beta.dtype), dG[..., 0].astype(G.dtype), jnp.zeros_like(c),
+            dS0_NKV)

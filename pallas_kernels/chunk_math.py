@@ -61,7 +61,7 @@ class Decay(NamedTuple):
     gamma_last_11: jax.Array
 
 
-def decay(G_C1, G_1C, c_C1, c_1C) -> Decay:
+def decay_masks(G_C1, G_1C, c_C1, c_1C) -> Decay:
     """Masks from the within-chunk cumulative log-gate G and the resets-so-far count c."""
     C = G_C1.shape[0]
     rows = jax.lax.broadcasted_iota(jnp.int32, (C, C), 0)
@@ -132,37 +132,37 @@ class Factors(NamedTuple):
     U_CV: jax.Array
 
 
-def factors(k_CK, v_CV, beta_C1, dk: Decay, dtype, solve_precision) -> Factors:
+def factors(k_CK, v_CV, beta_C1, decay: Decay, dtype, solve_precision) -> Factors:
     """The state-independent WY factors of one chunk; solve_precision: that of the bf16 solve."""
     C = k_CK.shape[0]
     rows = jax.lax.broadcasted_iota(jnp.int32, (C, C), 0)
     cols = jax.lax.broadcasted_iota(jnp.int32, (C, C), 1)
     KK_CC = mm_nt(k_CK, k_CK, dtype)
-    L_CC = jnp.where(rows > cols, beta_C1 * dk.D_CC * KK_CC, 0.0)
+    L_CC = jnp.where(rows > cols, beta_C1 * decay.D_CC * KK_CC, 0.0)
     # f32 inputs keep the exact f32 row-by-row solve; bf16 inputs take the dots.
     if dtype == jnp.float32:
         T_CC = invert_unit_lower(L_CC)
     else:
         T_CC = invert_unit_lower_doubling(L_CC, solve_precision)
-    W_CK = mm(T_CC, (beta_C1 * dk.gamma_C1) * k_CK)
+    W_CK = mm(T_CC, (beta_C1 * decay.gamma_C1) * k_CK)
     U_CV = mm(T_CC, beta_C1 * v_CV)
-    return Factors(dk, KK_CC, T_CC, W_CK, U_CV)
+    return Factors(decay, KK_CC, T_CC, W_CK, U_CV)
 
 
-def chunk_forward(q_CK, k_CK, W_CK, U_CV, S_KV, dk: Decay, dtype):
+def chunk_forward(q_CK, k_CK, W_CK, U_CV, S_KV, decay: Decay, dtype):
     """(o_CV, S_next_KV) of one chunk; V may be a slice of the value columns."""
     u_CV = U_CV - mm(W_CK, S_KV, dtype)
-    P_CC = dk.D_CC * mm_nt(q_CK, k_CK, dtype)
-    o_CV = dk.gamma_C1 * mm(q_CK, S_KV, dtype) + mm(P_CC, u_CV, dtype)
-    S_next_KV = dk.gamma_last_11 * S_KV + mm_tn(dk.delta_C1 * k_CK, u_CV, dtype)
+    P_CC = decay.D_CC * mm_nt(q_CK, k_CK, dtype)
+    o_CV = decay.gamma_C1 * mm(q_CK, S_KV, dtype) + mm(P_CC, u_CV, dtype)
+    S_next_KV = decay.gamma_last_11 * S_KV + mm_tn(decay.delta_C1 * k_CK, u_CV, dtype)
     return o_CV, S_next_KV
 
 
-def chunk_state_grad(q_CK, k_CK, W_CK, do_CV, dS_next_KV, dk: Decay, dtype):
+def chunk_state_grad(q_CK, k_CK, W_CK, do_CV, dS_next_KV, decay: Decay, dtype):
     """dS entering a chunk from dS leaving it: the only sequential part of the backward."""
-    P_CC = dk.D_CC * mm_nt(q_CK, k_CK, dtype)
-    du_CV = mm_tn(P_CC, do_CV, dtype) + mm(dk.delta_C1 * k_CK, dS_next_KV, dtype)
-    return (mm_tn(dk.gamma_C1 * q_CK, do_CV, dtype) + dk.gamma_last_11 * dS_next_KV
+    P_CC = decay.D_CC * mm_nt(q_CK, k_CK, dtype)
+    du_CV = mm_tn(P_CC, do_CV, dtype) + mm(decay.delta_C1 * k_CK, dS_next_KV, dtype)
+    return (mm_tn(decay.gamma_C1 * q_CK, do_CV, dtype) + decay.gamma_last_11 * dS_next_KV
             - mm_tn(W_CK, du_CV, dtype))
 
 
@@ -172,8 +172,7 @@ def _rowsum(x_CC):
 
 def chunk_backward(q_CK, k_CK, v_CV, beta_C1, f: Factors, S_KV, dS_next_KV, do_CV, dtype):
     """Cotangents (dq_CK, dk_CK, dv_CV, dbeta_C1, dG_C1) of one chunk's inputs."""
-    dk_ = f.decay
-    D, gamma, delta = dk_.D_CC, dk_.gamma_C1, dk_.delta_C1
+    D, gamma, delta = f.decay.D_CC, f.decay.gamma_C1, f.decay.delta_C1
     C = D.shape[0]
     rows = jax.lax.broadcasted_iota(jnp.int32, (C, C), 0)
     cols = jax.lax.broadcasted_iota(jnp.int32, (C, C), 1)
@@ -222,5 +221,5 @@ def chunk_backward(q_CK, k_CK, v_CV, beta_C1, f: Factors, S_KV, dS_next_KV, do_C
     E = dD * D
     e_delta = ddelta * delta
     dG = (_rowsum(E) - _rowsum(E.T) + dgamma * gamma - e_delta
-          + jnp.where(is_last_C1, _total(e_delta) + dgamma_last * dk_.gamma_last_11, 0.0))
+          + jnp.where(is_last_C1, _total(e_delta) + dgamma_last * f.decay.gamma_last_11, 0.0))
     return dq, dk, dv, dbeta, dG

@@ -1,6 +1,6 @@
 """backend="pallas": the op's [B, T, H, D] arrays to and from the kernels' layout.
 
-The kernels (pallas_kernels/) take [batch*heads, time, dim] with time a multiple of the chunk
+The kernels (pallas_kernels/) take [N = batch*heads, time, dim] with time a multiple of the chunk
 and padded head dims, plus the per-token gate and segment information already reduced to the
 within-chunk cumulative log-gate G and the within-chunk count of segment starts c. Everything
 here is XLA and differentiable, so JAX carries the gradients through the padding, the scale and
@@ -13,7 +13,10 @@ import jax
 import jax.numpy as jnp
 
 from deltajax.ops.segments import segment_continues
-from pallas_kernels import delta_rule_gpu, delta_rule_tpu
+from pallas_kernels.block_sizes import BlockSizes
+from pallas_kernels.delta_rule_gpu import delta_rule_gpu
+from pallas_kernels.delta_rule_tpu import delta_rule_tpu
+
 
 def _padded_dim(d: int, target: str) -> int:
     if target == "tpu":
@@ -31,6 +34,7 @@ def delta_rule_pallas(
     chunk_size: int,
     target: str,
     interpret: bool,
+    block_sizes: Optional[BlockSizes] = None,
     gate_BTH: Optional[jax.Array] = None,
     initial_state_BHKV: Optional[jax.Array] = None,
     segment_ids_BT: Optional[jax.Array] = None,
@@ -38,49 +42,53 @@ def delta_rule_pallas(
     """Returns (o_BTHV in the input dtype, final state_BHKV in float32).
 
     target: "gpu" (Triton) or "tpu" (Mosaic) kernels; interpret: run them in Pallas interpret
-    mode (CPU). deltajax.ops.backend resolves both.
+    mode (CPU). deltajax.ops.backend resolves both, and clamps chunk_size (a power of two >=
+    block_sizes.min_chunk; the kernels check it). block_sizes: the kernels' tile choices, None =
+    BlockSizes.for_target(target).
     """
+    if block_sizes is None:
+        block_sizes = BlockSizes.for_target(target)
     B, T, H, K = q_BTHK.shape
     V = v_BTHV.shape[-1]
-    # As in chunked.py a short sequence gets a smaller chunk, but never below a 16x16 dot tile.
-    C = max(delta_rule_gpu.MIN_CHUNK, min(chunk_size, 1 << (T - 1).bit_length()))
-    N = -(-T // C)
+    N, C = B * H, chunk_size
+    Tp = -(-T // C) * C   # whole chunks
     Kp, Vp = _padded_dim(K, target), _padded_dim(V, target)
     dtype = q_BTHK.dtype
 
     def tiles(x_BTHD, Dp):
         # Zero padding: padded tokens have k = v = beta = 0 and write nothing.
-        x = jnp.pad(x_BTHD, [(0, 0), (0, N * C - T), (0, 0), (0, Dp - x_BTHD.shape[-1])])
-        return jnp.swapaxes(x, 1, 2).reshape(B * H, N * C, Dp)
+        x = jnp.pad(x_BTHD, [(0, 0), (0, Tp - T), (0, 0), (0, Dp - x_BTHD.shape[-1])])
+        return jnp.swapaxes(x, 1, 2).reshape(N, Tp, Dp)
 
     def per_token(x_BTH):
-        x = jnp.pad(x_BTH.astype(jnp.float32), [(0, 0), (0, N * C - T), (0, 0)])
-        return jnp.swapaxes(x, 1, 2).reshape(B * H, N * C)
+        x = jnp.pad(x_BTH.astype(jnp.float32), [(0, 0), (0, Tp - T), (0, 0)])
+        return jnp.swapaxes(x, 1, 2).reshape(N, Tp)
 
-    q = tiles((q_BTHK.astype(jnp.float32) * scale).astype(dtype), Kp)
-    k = tiles(k_BTHK, Kp)
-    v = tiles(v_BTHV.astype(dtype), Vp)
-    beta = per_token(beta_BTH)
+    within_chunk_cumsum = lambda x_XT: jnp.cumsum(
+        x_XT.reshape(x_XT.shape[0], Tp // C, C), axis=-1).reshape(x_XT.shape[0], Tp)
+    q_NTK = tiles((q_BTHK.astype(jnp.float32) * scale).astype(dtype), Kp)
+    k_NTK = tiles(k_BTHK, Kp)
+    v_NTV = tiles(v_BTHV.astype(dtype), Vp)
+    beta_NT = per_token(beta_BTH)
     if gate_BTH is None:
-        G = jnp.zeros((B * H, N * C), jnp.float32)
+        G_NT = jnp.zeros((N, Tp), jnp.float32)
     else:
-        G = jnp.cumsum(per_token(gate_BTH).reshape(B * H, N, C), axis=-1).reshape(B * H, N * C)
+        G_NT = within_chunk_cumsum(per_token(gate_BTH))
     if segment_ids_BT is None:
-        c = jnp.zeros((B * H, N * C), jnp.float32)
+        c_NT = jnp.zeros((N, Tp), jnp.float32)
     else:
-        starts_BT = 1.0 - segment_continues(segment_ids_BT)
-        starts_BNC = jnp.pad(starts_BT, [(0, 0), (0, N * C - T)]).reshape(B, N, C)
-        c_BT = jnp.cumsum(starts_BNC, axis=-1).reshape(B, 1, N * C)
-        c = jnp.broadcast_to(c_BT, (B, H, N * C)).reshape(B * H, N * C)
+        starts_BT = jnp.pad(1.0 - segment_continues(segment_ids_BT), [(0, 0), (0, Tp - T)])
+        c_BT = within_chunk_cumsum(starts_BT)
+        c_NT = jnp.broadcast_to(c_BT[:, None, :], (B, H, Tp)).reshape(N, Tp)
     if initial_state_BHKV is None:
-        S0 = jnp.zeros((B * H, Kp, Vp), jnp.float32)
+        S0_NKV = jnp.zeros((N, Kp, Vp), jnp.float32)
     else:
-        S0 = jnp.pad(initial_state_BHKV.astype(jnp.float32),
-                     [(0, 0), (0, 0), (0, Kp - K), (0, Vp - V)]).reshape(B * H, Kp, Vp)
+        S0_NKV = jnp.pad(initial_state_BHKV.astype(jnp.float32),
+                         [(0, 0), (0, 0), (0, Kp - K), (0, Vp - V)]).reshape(N, Kp, Vp)
 
     kernels = delta_rule_tpu if target == "tpu" else delta_rule_gpu
-    o, final = kernels.delta_rule_chunked(q, k, v, beta, G, c, S0, chunk_size=C,
-                                          interpret=interpret)
-    o_BTHV = jnp.swapaxes(o.reshape(B, H, N * C, Vp), 1, 2)[:, :T, :, :V]
-    final_BHKV = final.reshape(B, H, Kp, Vp)[:, :, :K, :V]
+    o_NTV, final_NKV = kernels(q_NTK, k_NTK, v_NTV, beta_NT, G_NT, c_NT, S0_NKV, chunk_size=C,
+                               block_sizes=block_sizes, interpret=interpret)
+    o_BTHV = jnp.swapaxes(o_NTV.reshape(B, H, Tp, Vp), 1, 2)[:, :T, :, :V]
+    final_BHKV = final_NKV.reshape(B, H, Kp, Vp)[:, :, :K, :V]
     return o_BTHV.astype(v_BTHV.dtype), final_BHKV
