@@ -10,10 +10,17 @@ else "chunked"), and times forward and forward+backward (medians after a warm-up
 also times softmax attention (jax.nn.dot_product_attention, cuDNN flash where available) and,
 if PyTorch and flash-linear-attention import, FLA's chunk_delta_rule at the same shapes. The
 sweep keeps B*T fixed. Results go to benchmarks/results/<device>-paths.md.
+
+The Pallas kernels' tiles are a pallas_kernels BlockSizes: the target's default, or the one the
+flags --block_v (0 = all of V), --num_warps, --num_warps_parallel and --num_stages make from it,
+so a tuning run is one command per choice:
+
+    python experiments/compare_paths.py --preset=h100 --block_v=32 --num_warps=8 --out=...
 """
 
 import dataclasses
 import datetime
+import functools
 import os
 import re
 import statistics
@@ -21,12 +28,13 @@ import sys
 import time
 from typing import Optional
 
-from absl import app, flags
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import app, flags
 
 from deltajax.ops import delta_rule
+from pallas_kernels.block_sizes import BlockSizes
 
 PRESETS = {
     "smoke": dict(batch=1, seq_len=128, heads=2, head_dim=32, dtype="float32", chunk_size=32,
@@ -42,6 +50,10 @@ flags.DEFINE_bool("gate", False, "Gated DeltaNet (a random log-decay gate).")
 flags.DEFINE_integer("repeats", None, "Timed calls per measurement.")
 flags.DEFINE_bool("others", True, "On GPU, also time softmax attention and FLA.")
 flags.DEFINE_string("out", None, "Output Markdown (default benchmarks/results/<device>-paths.md).")
+flags.DEFINE_integer("block_v", None, "Pallas BlockSizes.block_v (0 = all of V).")
+flags.DEFINE_integer("num_warps", None, "Pallas BlockSizes.num_warps (GPU).")
+flags.DEFINE_integer("num_warps_parallel", None, "Pallas BlockSizes.num_warps_parallel (GPU).")
+flags.DEFINE_integer("num_stages", None, "Pallas BlockSizes.num_stages (GPU).")
 
 _REF_BYTES_LIMIT = 4 * 2**30   # the scan's gradient keeps T states: use it only when they fit
 
@@ -74,10 +86,12 @@ def make_inputs(cfg: Config, seed=0) -> dict:
     return arrays
 
 
-def _functions(backend, cfg: Config):
+def _functions(backend, cfg: Config, block_sizes: Optional[BlockSizes] = None):
+    tiles = dict(block_sizes=block_sizes) if backend == "pallas" and block_sizes else {}
+
     def forward(arrays):
         return delta_rule(**arrays, return_final_state=True, backend=backend,
-                          chunk_size=cfg.chunk_size)
+                          chunk_size=cfg.chunk_size, **tiles)
 
     def loss(arrays):
         o, final_state = forward(arrays)
@@ -149,10 +163,11 @@ def time_attention(cfg: Config, repeats) -> Optional[tuple[float, float]]:
     q = jnp.ones((B, T, H, D), cfg.dtype)
     for implementation in ("cudnn", None):
         try:
-            fwd = jax.jit(lambda q, k, v: jax.nn.dot_product_attention(
-                q, k, v, is_causal=True, implementation=implementation))
-            train = jax.jit(jax.grad(lambda q, k, v: jnp.sum(fwd(q, k, v).astype(jnp.float32)),
-                                     argnums=(0, 1, 2)))
+            fwd = jax.jit(functools.partial(jax.nn.dot_product_attention, is_causal=True,
+                                            implementation=implementation))
+            train = jax.jit(jax.grad(
+                lambda q, k, v, fwd=fwd: jnp.sum(fwd(q, k, v).astype(jnp.float32)),
+                argnums=(0, 1, 2)))
             return (median_ms(fwd, q, q, q, repeats=repeats),
                     median_ms(train, q, q, q, repeats=repeats))
         except Exception as error:  # cuDNN missing or shape unsupported: the XLA kernel then
@@ -206,7 +221,7 @@ def time_fla(cfg: Config, repeats) -> tuple[Optional[tuple[float, float]], str]:
         return None, f"failed ({type(error).__name__}: {error})"
 
 
-def time_decode(cfg: Config, repeats) -> tuple[float, float]:
+def time_decode(cfg: Config, repeats, block_sizes=None) -> tuple[float, float]:
     """(XLA recurrent step ms, fused Pallas step ms) for one token with a [B, H, K, V] state."""
     from pallas_kernels.recurrent_step import recurrent_step_donated
     B, H, D = cfg.batch, cfg.heads, cfg.head_dim
@@ -220,7 +235,8 @@ def time_decode(cfg: Config, repeats) -> tuple[float, float]:
     flat_x, flat_b = jnp.ones((B * H, D), cfg.dtype), jnp.full((B * H,), 0.5, jnp.float32)
     fused = lambda S: recurrent_step_donated(flat_x, flat_x, flat_x, flat_b, flat_b, S,
                                              target=target,
-                                             interpret=jax.default_backend() == "cpu")
+                                             interpret=jax.default_backend() == "cpu",
+                                             block_sizes=block_sizes)
     S = jnp.zeros((B * H, D, D), jnp.float32)
     _, S = fused(S)   # compile; the state is donated, so each call feeds the next
     times = []
@@ -232,13 +248,17 @@ def time_decode(cfg: Config, repeats) -> tuple[float, float]:
     return xla_ms, 1e3 * statistics.median(times)
 
 
-def compare(cfg: Config, backends, *, repeats, others) -> dict:
-    """Errors against the reference path and timings of every backend for one config."""
+def compare(cfg: Config, backends, *, repeats, others,
+            block_sizes: Optional[BlockSizes] = None) -> dict:
+    """Errors against the reference path and timings of every backend for one config.
+
+    block_sizes: the Pallas kernels' tiles; None = the target's default.
+    """
     arrays = make_inputs(cfg)
     ref_name = reference_backend(cfg)
     results, timings = {}, {}
     for backend in dict.fromkeys([ref_name] + list(backends)):
-        forward, train = _functions(backend, cfg)
+        forward, train = _functions(backend, cfg, block_sizes)
         results[backend] = (forward(arrays), train(arrays))
         if backend in backends:
             timings[backend] = (median_ms(forward, arrays, repeats=repeats),
@@ -248,16 +268,20 @@ def compare(cfg: Config, backends, *, repeats, others) -> dict:
     errs = {b: errors(results[b], results[ref_name]) for b in backends if b != ref_name}
     extra = {}
     if "pallas" in backends:
-        extra["decode step: XLA recurrent / fused Pallas ms"] = time_decode(cfg, repeats)
+        extra["decode step: XLA recurrent / fused Pallas ms"] = time_decode(cfg, repeats,
+                                                                            block_sizes)
     if others and jax.default_backend() == "gpu":
         extra["softmax attention"] = time_attention(cfg, repeats)
         extra["FLA chunk_delta_rule"], extra["FLA status"] = time_fla(cfg, repeats)
-    return dict(config=cfg, reference=ref_name, errors=errs, timings=timings, extra=extra)
+    return dict(config=cfg, reference=ref_name, errors=errs, timings=timings, extra=extra,
+                block_sizes=block_sizes)
 
 
 def to_markdown(report: dict, sweep: list, *, header: str, peak_tflops: Optional[float]) -> str:
     cfg = report["config"]
+    tiles = report.get("block_sizes") or "the target's default BlockSizes"
     lines = [header, "", f"## {cfg.shape()}, chunk_size={cfg.chunk_size}", "",
+             f"Pallas tiles: {tiles}", "",
              f"Errors against `{report['reference']}` (max abs / relative):", "",
              "| backend | array | max abs | relative |", "|---|---|---:|---:|"]
     for backend, errs in report["errors"].items():
@@ -313,19 +337,34 @@ def device_name() -> str:
     return re.sub(r"[^a-z0-9]+", "-", jax.devices()[0].device_kind.lower()).strip("-")
 
 
+def block_sizes_from_flags(FLAGS, platform: str) -> Optional[BlockSizes]:
+    """The target's default BlockSizes with the fields the flags set; None when none is set."""
+    given = {name: getattr(FLAGS, name) for name in
+             ("block_v", "num_warps", "num_warps_parallel", "num_stages")
+             if getattr(FLAGS, name) is not None}
+    if not given:
+        return None
+    if given.get("block_v") == 0:
+        given["block_v"] = None
+    target = "tpu" if platform == "tpu" else "gpu"
+    return dataclasses.replace(BlockSizes.for_target(target), **given)
+
+
 def main(argv):
     del argv
     FLAGS = flags.FLAGS
     platform = jax.default_backend()
+    block_sizes = block_sizes_from_flags(FLAGS, platform)
     preset = PRESETS[FLAGS.preset or ("h100" if platform == "gpu" else "smoke")]
     backends = FLAGS.backends or list(preset["backends"])
     repeats = FLAGS.repeats or preset["repeats"]
     cfg = Config(preset["batch"], preset["seq_len"], preset["heads"], preset["head_dim"],
                  preset["dtype"], preset["chunk_size"], FLAGS.gate)
-    report = compare(cfg, backends, repeats=repeats, others=FLAGS.others)
+    report = compare(cfg, backends, repeats=repeats, others=FLAGS.others,
+                     block_sizes=block_sizes)
     sweep = [compare(dataclasses.replace(cfg, batch=max(1, preset["tokens"] // T), seq_len=T),
                      [b for b in backends if b != "recurrent"], repeats=repeats,
-                     others=FLAGS.others)
+                     others=FLAGS.others, block_sizes=block_sizes)
              for T in preset["sweep"]]
     peak = matmul_tflops(cfg.dtype) if platform != "cpu" else None
 
