@@ -140,6 +140,7 @@ def _forward(q, k, v, beta, G, c, S0, chunk_size, block_sizes, interpret, save_s
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9))
 def _delta_rule(q, k, v, beta, G, c, S0, chunk_size, block_sizes, interpret):
+    """q, k [N, T, K], v [N, T, V], beta, G, c [N, T], S0 [N, K, V] -> (o_NTV, final_NKV)."""
     return _forward(q, k, v, beta, G, c, S0, chunk_size, block_sizes, interpret, False)[0]
 
 
