@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 
 # The MQAR recall study at its CPU preset: DeltaNet against linear and softmax attention.
 run: $(STAMP)
-	$(VENV)/bin/python experiments/mqar.py --config=configs/mqar.py:cpu --workdir=runs/mqar-cpu
+	$(VENV)/bin/python -m experiments.mqar --config=configs/mqar.py:cpu --workdir=runs/mqar-cpu
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q tests --nbmake notebooks

@@ -1,4 +1,4 @@
-"""Grokking on modular arithmetic (experiments/grokking_modular.py).
+"""Grokking on modular arithmetic (python -m experiments.grokking_modular).
 
     --config=configs/grokking.py:nanda   Nanda et al. 2023: p=113, a+b, 30% train, 1 layer,
                                          full batch
@@ -8,68 +8,106 @@
                                          1e5 steps
     --config=configs/grokking.py:smoke   seconds, for tests
 
-Trainer fields (deltajax.train.default_config) sit at the top level; the study's own fields are
-under `task` (the table) and `study` (evaluation, stopping, sweeps). The mixer is a model field:
---config.model.mixer=deltanet (or gated_deltanet, attention).
+A preset is one run; `<preset>,<sweep>` (e.g. `cpu,mixer`) is a sweep over one field, with
+everything else as in the preset: mixer (attention, deltanet, gated_deltanet), weight_decay,
+train_fraction. `--config.only='deltanet-*'` runs part of a sweep (one mixer).
 """
 
 import ml_collections
 
+from deltajax.study import named_run, run_id
+
+PRESETS = ("nanda", "cpu", "power", "smoke")
+# A mixer -> its model fields. Sequences are 3 tokens: a delta-rule chunk of 4 wastes little.
+MIXERS = {
+    "attention": dict(mixer="attention"),
+    "deltanet": dict(mixer="deltanet", delta_rule=dict(chunk_size=4)),
+    "gated_deltanet": dict(mixer="gated_deltanet", delta_rule=dict(chunk_size=4)),
+}
+
+
+def get_config(arg: str = "nanda") -> ml_collections.ConfigDict:
+    preset, _, sweep_name = arg.partition(",")
+    if preset not in PRESETS:
+        raise ValueError(f"configs/grokking.py preset must be one of {PRESETS} (optionally "
+                         f"',<sweep>'), got {preset!r}")
+    c = _nanda()
+    c.preset = arg
+    sweeps = dict(weight_decay=(0.0, 0.1, 1.0), train_fraction=(0.3, 0.5),
+                  mixer=("attention", "deltanet", "gated_deltanet"))
+    if preset == "cpu":
+        # Nanda's recipe (optimizer, model) on a smaller table: ~0.3 s per full-batch step here.
+        c.task.update(p=53, train_fraction=0.5, eval_every=50, segment_steps=500,
+                      stop_after_grok=250)
+        c.train.num_steps = 2000      # the cap: what the shared CPU affords per run
+    elif preset == "power":
+        c.task.update(p=97, operation="/", train_fraction=0.5, eval_every=500,
+                      segment_steps=5000, stop_after_grok=5000)
+        c.train.num_steps = 100_000
+        c.train.global_batch_size = 512  # min(512, n_train / 2): 512 for any fraction > 0.11
+        c.train.data.shuffle = True
+        c.model.update(num_layers=2, norm="rmsnorm")
+    elif preset == "smoke":
+        c.task.update(p=7, train_fraction=0.5, eval_every=2, segment_steps=4, stop_after_grok=100)
+        c.train.num_steps = 6
+        c.train.schedule.warmup_steps = 2
+        c.train.logging.every_steps = 2
+        c.model.update(d_model=16, num_heads=2, mlp_hidden_dim=32)
+        sweeps = dict(weight_decay=(0.0, 1.0), train_fraction=(0.5,),
+                      mixer=("attention", "deltanet"))
+    if sweep_name and sweep_name not in sweeps:
+        raise ValueError(f"configs/grokking.py sweep must be one of {tuple(sweeps)}, got "
+                         f"{sweep_name!r}")
+    c.sweep = sweep(c, sweep_name, sweeps.get(sweep_name, ()))
+    return c
+
+
 def _nanda() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.num_steps = 20_000              # a cap: the run stops once test accuracy has grokked
-    c.global_batch_size = 0           # 0: full batch (the whole train split every step)
-    c.optimizer = dict(learning_rate=1e-3, weight_decay=1.0, b1=0.9, b2=0.98,
-                       grad_clip_norm=0.0,
-                       no_decay_names=())  # torch AdamW decays every parameter, embeddings too
-    c.schedule = dict(name="constant", warmup_steps=10)
-    c.logging = dict(every_steps=100, progress_bar=False)
-    c.data = dict(shuffle=False, prefetch_threads=1, prefetch_buffer=2)
+    c.only = ""
+    c.train = ml_collections.ConfigDict(dict(
+        num_steps=20_000,             # a cap: the run stops once test accuracy has grokked
+        global_batch_size=0,          # 0: full batch (the whole train split every step)
+        optimizer=dict(learning_rate=1e-3, weight_decay=1.0, b1=0.9, b2=0.98, grad_clip_norm=0.0,
+                       no_decay_names=()),  # torch AdamW decays every parameter, embeddings too
+        schedule=dict(name="constant", warmup_steps=10),
+        logging=dict(every_steps=100, progress_bar=False),
+        data=dict(shuffle=False, prefetch_threads=1, prefetch_buffer=2)))
     # The residual stream has no LayerNorm and a ReLU MLP; RoPE stands in for learned positions.
-    c.model = dict(vocab_size=114, d_model=128, num_layers=1, num_heads=4, mixer="attention",
-                   mlp="relu", mlp_hidden_dim=512, norm=None, tie_embeddings=False,
-                   chunk_size=4)  # sequences are 3 tokens: a chunk of 4 wastes little
-    c.task = dict(p=113, operation="+", train_fraction=0.3, split_seed=0)
-    c.study = dict(
+    # The vocabulary is task.p + 1 (the residues and '=').
+    c.model = ml_collections.ConfigDict(dict(
+        d_model=128, num_layers=1, num_heads=4, mixer="attention", mlp="relu",
+        mlp_hidden_dim=512, norm=None, tie_embeddings=False, delta_rule=None))
+    c.task = ml_collections.ConfigDict(dict(
+        p=113, operation="+", train_fraction=0.3, split_seed=0,
         eval_every=100,               # checkpoint interval; test metrics and weight norm are
                                       # computed from every checkpoint
         segment_steps=1000,           # fit() runs this many steps per call between analyses
         threshold=0.99,               # accuracy that counts as learned (train) or grokked (test)
         stop_after_grok=500,          # steps to keep training once test accuracy passed it
-        spectrum_top_k=5,             # key frequencies reported in the table
-        sweep_weight_decay=(0.0, 0.1, 1.0),
-        sweep_train_fraction=(0.3, 0.5),
-        sweep_mixer=("attention", "deltanet", "gated_deltanet"),
-    )
+        spectrum_top_k=5))            # key frequencies reported in the table
     return c
 
 
-def get_config(preset: str = "nanda") -> ml_collections.ConfigDict:
-    presets = ("nanda", "cpu", "power", "smoke")
-    if preset not in presets:
-        raise ValueError(f"preset must be one of {presets}, got {preset!r}")
-    c = _nanda()
-    if preset == "cpu":
-        # Nanda's recipe (optimizer, model) on a smaller table: ~0.3 s per full-batch step here.
-        c.task.update(p=53, train_fraction=0.5)
-        c.model.vocab_size = 54
-        c.num_steps = 2000            # the cap: what the shared CPU affords per run
-        c.study.update(eval_every=50, segment_steps=500, stop_after_grok=250)
-    elif preset == "power":
-        c.task = dict(p=97, operation="/", train_fraction=0.5, split_seed=0)
-        c.num_steps = 100_000
-        c.global_batch_size = 512     # min(512, n_train / 2): 512 for any fraction above 0.11
-        c.data.shuffle = True
-        c.model.update(vocab_size=98, num_layers=2, norm="rmsnorm")
-        c.study.update(eval_every=500, segment_steps=5000, stop_after_grok=5000)
-    elif preset == "smoke":
-        c.task.update(p=7, train_fraction=0.5)
-        c.num_steps = 6
-        c.schedule.warmup_steps = 2
-        c.model.update(vocab_size=8, d_model=16, num_heads=2, mlp_hidden_dim=32)
-        c.logging.every_steps = 2
-        c.study.update(eval_every=2, segment_steps=4, stop_after_grok=100,
-                       sweep_weight_decay=(0.0, 1.0), sweep_train_fraction=(0.5,),
-                       sweep_mixer=("attention", "deltanet"))
-    return c
+def sweep(c, name: str, values) -> list:
+    """One run per value of the swept field (one run, the preset's, when name is empty)."""
+    if not name:
+        return [_run(c, c.model.mixer, c.task.train_fraction, c.train.optimizer.weight_decay)]
+    runs = []
+    for value in values:
+        if name == "mixer":
+            runs.append(_run(c, value, c.task.train_fraction, c.train.optimizer.weight_decay))
+        elif name == "weight_decay":
+            runs.append(_run(c, c.model.mixer, c.task.train_fraction, float(value)))
+        else:
+            runs.append(_run(c, c.model.mixer, float(value), c.train.optimizer.weight_decay))
+    return runs
+
+
+def _run(c, mixer: str, train_fraction: float, weight_decay: float) -> dict:
+    """Names the swept values, e.g. attention-p113-add-f0.3-wd1."""
+    op = {"+": "add", "-": "sub", "/": "div"}.get(c.task.operation, "poly")
+    name = run_id(mixer, f"p{c.task.p}", op, f=train_fraction, wd=weight_decay)
+    return named_run(name, model=MIXERS[mixer], task=dict(train_fraction=train_fraction),
+                     train=dict(optimizer=dict(weight_decay=weight_decay)))

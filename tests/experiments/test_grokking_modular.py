@@ -1,20 +1,17 @@
-"""The grokking study: Fourier progress measure, delay detection, configs, a resumable smoke run
-and the script's outputs."""
+"""The grokking study: Fourier progress measure, delay detection, configs, and a smoke study
+that resumes its run and writes the table, figure, config and events."""
 
+import functools
 import glob
-import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
 
 from configs.grokking import get_config
+from deltajax import study
 from deltajax.analysis import first_step_above, fourier_spectrum, top_frequencies
-from experiments.grokking import modular_study
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from experiments import grokking_modular as gm
 
 
 def test_spectrum_of_a_cosine_embedding_peaks_at_its_frequency():
@@ -47,60 +44,61 @@ def test_nanda_preset_is_the_published_setup():
     assert (c.task.p, c.task.operation, c.task.train_fraction) == (113, "+", 0.3)
     assert (c.model.d_model, c.model.num_heads, c.model.mlp_hidden_dim, c.model.num_layers,
             c.model.norm, c.model.mlp) == (128, 4, 512, 1, None, "relu")
-    o = c.optimizer
+    o = c.train.optimizer
     assert (o.learning_rate, o.weight_decay, o.b2, o.no_decay_names) == (1e-3, 1.0, 0.98, ())
-    assert c.schedule.warmup_steps == 10 and c.global_batch_size == 0
-    train, _ = modular_study.make_splits(c)
-    trainer = modular_study.trainer_config(c, len(train))
+    assert c.train.schedule.warmup_steps == 10 and c.train.global_batch_size == 0
+    assert [r["name"] for r in c.sweep] == ["attention-p113-add-f0.3-wd1"]
+    train, _ = gm.make_splits(c)
+    trainer = gm.trainer_config(c, len(train))
     assert trainer.global_batch_size == len(train) == 3831 and "task" not in trainer
     power = get_config("power")
-    assert (power.task.p, power.model.num_layers, power.global_batch_size,
-            power.num_steps) == (97, 2, 512, 100_000)
-    with pytest.raises(ValueError, match="preset"):
-        get_config("nandaa")
+    assert (power.task.p, power.model.num_layers, power.train.global_batch_size,
+            power.train.num_steps) == (97, 2, 512, 100_000)
+    for preset in ("nandaa", "cpu,lr"):
+        with pytest.raises(ValueError, match="preset|sweep"):
+            get_config(preset)
 
 
 def test_sweeps_change_only_the_swept_field():
-    c = get_config("cpu")
-    runs = modular_study.sweep_configs(c, "weight_decay")
-    assert [r for r, _ in runs] == [f"attention-p53-add-f0.5-wd{w}" for w in ("0", "0.1", "1")]
-    assert [x.task.train_fraction for _, x in runs] == [0.5] * 3
-    assert [x.model.mixer for _, x in modular_study.sweep_configs(c, "mixer")] == [
+    runs = get_config("cpu,weight_decay")
+    assert [r["name"] for r in runs.sweep] == [f"attention-p53-add-f0.5-wd{w}"
+                                               for w in ("0", "0.1", "1")]
+    configs = [study.run_config(runs, r) for r in runs.sweep]
+    assert [x.train.optimizer.weight_decay for x in configs] == [0.0, 0.1, 1.0]
+    assert [x.task.train_fraction for x in configs] == [0.5] * 3
+    mixers = get_config("cpu,mixer")
+    assert [study.run_config(mixers, r).model.mixer for r in mixers.sweep] == [
         "attention", "deltanet", "gated_deltanet"]
-    with pytest.raises(ValueError, match="sweep"):
-        modular_study.sweep_configs(c, "lr")
+    for preset in ("nanda", "cpu,mixer", "power,train_fraction", "smoke,weight_decay"):
+        study.check_config(get_config(preset), "grokking")
 
 
-def test_smoke_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+def test_smoke_study_resumes_its_run_and_writes_table_figure_config_and_events(
+        tmp_path, monkeypatch):
     starts = []
-    real_fit = modular_study.fit
+    real_fit = gm.fit
 
     def recording_fit(*args, **kwargs):
         result = real_fit(*args, **kwargs)
         starts.append(result.history[0]["step"])
         return result
 
-    monkeypatch.setattr(modular_study, "fit", recording_fit)
+    monkeypatch.setattr(gm, "fit", recording_fit)
+    one_device = functools.partial(gm.train_and_evaluate, devices=jax.devices()[:1],
+                                   log=lambda _: None)  # not conftest's 8
+    run = functools.partial(study.run_study, study="grokking", train_fn=one_device,
+                            report=gm.report, out=str(tmp_path / "table"))
     config = get_config("smoke")
-    config.study.segment_steps = 6
-    one_device = dict(devices=jax.devices()[:1], log=lambda _: None)  # not conftest's 8
-    first = modular_study.run(config, str(tmp_path), **one_device)
-    config.num_steps = 8
-    second = modular_study.run(config, str(tmp_path), **one_device)
-    assert starts == [1, 7]                       # the second call starts after the checkpoint
+    config.task.segment_steps = 6
+    first = run(config, str(tmp_path))[0]
+    config.train.num_steps = 8      # a changed run resumes from its last checkpoint
+    second = run(config, str(tmp_path))[0]
+    assert starts == [1, 7]         # the second call starts after the checkpoint
     assert first["steps"] == 6 and second["steps"] == 8
     assert len(second["spectrum"]) == 7 // 2 + 1 and second["n_train"] == 24
-
-
-def test_script_writes_table_figure_config_and_events(tmp_path):
-    out = tmp_path / "table"
-    subprocess.run([sys.executable, os.path.join(REPO, "experiments", "grokking_modular.py"),
-                    "--config=" + os.path.join(REPO, "configs", "grokking.py") + ":smoke",
-                    "--config.num_steps=4", "--config.study.segment_steps=4",
-                    f"--workdir={tmp_path}", f"--out={out}"], check=True, cwd=REPO,
-                   capture_output=True, timeout=300)
     table = (tmp_path / "table.md").read_text()
     assert "| attention-p7-add-f0.5-wd1 | attention | 7 |" in table
     assert (tmp_path / "table.png").stat().st_size > 10_000
     assert '"p": 7' in (tmp_path / "table.json").read_text()
-    assert glob.glob(str(tmp_path / "attention-p7-add-f0.5-wd1" / "tensorboard" / "events.*"))
+    assert glob.glob(str(tmp_path / "runs" / "attention-p7-add-f0.5-wd1" / "tensorboard" /
+                         "events.*"))

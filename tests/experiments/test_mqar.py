@@ -1,4 +1,5 @@
-"""The MQAR study end to end at the smoke preset: the script, its resume, its report."""
+"""The MQAR study end to end at the smoke preset: the sweep, its skip and resume, its report, and
+the config's checks. One module-scoped study run serves the tests that read its outputs."""
 
 import json
 import os
@@ -8,101 +9,121 @@ import sys
 import numpy as np
 import pytest
 
-from configs.mqar import get_config
-from deltajax.data import MQARSource
-from deltajax.models import LanguageModel
+from configs.mqar import PAPER_SETTINGS, get_config, sweep
+from deltajax import study
 from deltajax.train import fit
-from experiments.mqar_study import report, sweep
+from experiments import mqar
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SMOKE_RUNS = ["deltanet-T32-kv4-d16-lr3.0e-03", "attention-T32-kv4-d16-lr3.0e-03"]
 
 
-def _script(workdir, *overrides):
-    return subprocess.run(
-        [sys.executable, os.path.join(REPO, "experiments/mqar.py"),
-         "--config=" + os.path.join(REPO, "configs/mqar.py:smoke"), f"--workdir={workdir}",
-         *overrides], capture_output=True, text=True, timeout=600, cwd=REPO)
-
-
-def test_script_trains_the_sweep_writes_table_plot_logs_and_skips_finished_runs(tmp_path):
+def _recurrent_smoke():
     # The recurrent backend (the lax.scan), as a user comparing paths would run it.
-    first = _script(tmp_path, "--config.model.backend=recurrent")
-    assert first.returncode == 0, first.stderr[-3000:]
-    assert "| deltanet |" in first.stdout and "| attention |" in first.stdout
-    for name in ("results.md", "results.png", "config.json"):
-        assert (tmp_path / name).stat().st_size > 0
-    assert json.loads((tmp_path / "config.json").read_text())["model"]["backend"] == "recurrent"
-    run_dirs = sorted((tmp_path / "runs").iterdir())
-    assert [d.name for d in run_dirs] == ["attention-T32-kv4-d16-lr3.0e-03",
-                                          "deltanet-T32-kv4-d16-lr3.0e-03"]
-    for run_dir in run_dirs:
+    config = get_config("smoke")
+    config.model.delta_rule.backend = "recurrent"
+    return config
+
+
+@pytest.fixture(scope="module")
+def study_dir(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("mqar")
+    mqar.run_study(_recurrent_smoke(), str(workdir), command="python -m experiments.mqar smoke")
+    return workdir
+
+
+def test_study_trains_every_run_and_writes_table_plot_config_and_logs(study_dir):
+    table = (study_dir / "results.md").read_text()
+    assert "| deltanet |" in table and "| attention |" in table and "python -m" in table
+    assert (study_dir / "results.png").stat().st_size > 0
+    config = json.loads((study_dir / "config.json").read_text())
+    assert config["model"]["delta_rule"]["backend"] == "recurrent"
+    assert sorted(d.name for d in (study_dir / "runs").iterdir()) == sorted(SMOKE_RUNS)
+    for name in SMOKE_RUNS:
+        run_dir = study_dir / "runs" / name
         result = json.loads((run_dir / "result.json").read_text())
         assert result["steps"] == 4 and 0.0 <= result["accuracy"] <= 1.0
         assert np.isfinite(result["loss"])
-        assert any(name.startswith("events.out.tfevents")
-                   for name in os.listdir(run_dir / "tensorboard"))
-    stamps = [os.stat(d / "result.json").st_mtime_ns for d in run_dirs]
+        assert any(n.startswith("events.out.tfevents") for n in os.listdir(run_dir / "tensorboard"))
+    assert json.loads((study_dir / "runs" / SMOKE_RUNS[1] / "config.json").read_text())[
+        "model"]["delta_rule"] is None  # attention's run drops the delta-rule group
 
-    again = _script(tmp_path, "--config.model.backend=recurrent",
-                    f"--publish={tmp_path / 'published'}")
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert [os.stat(d / "result.json").st_mtime_ns for d in run_dirs] == stamps  # not retrained
+
+def test_second_call_skips_finished_runs_and_publishes(study_dir, tmp_path):
+    stamps = [os.stat(study_dir / "runs" / n / "result.json").st_mtime_ns for n in SMOKE_RUNS]
+    results = mqar.run_study(_recurrent_smoke(), str(study_dir), out=str(tmp_path / "published"),
+                             command="python -m experiments.mqar --smoke")
+    assert [os.stat(study_dir / "runs" / n / "result.json").st_mtime_ns
+            for n in SMOKE_RUNS] == stamps  # not retrained
+    assert [r["name"] for r in results] == SMOKE_RUNS
     published = (tmp_path / "published.md").read_text()
-    assert published.count("| deltanet |") == 1 and "2 runs finished" in published
-    assert "--config.model.backend=recurrent" in published and "--publish" not in published
+    assert published.count("| deltanet |") == 1 and "2 of 2 runs finished" in published
+    assert "python -m experiments.mqar --smoke" in published
     assert (tmp_path / "published.png").stat().st_size > 0
-    assert json.loads((tmp_path / "published-config.json").read_text())["preset"] == "smoke"
-    finished = sweep.finished_results(get_config("smoke"), str(tmp_path))  # --report_only's
-    assert [r["run_id"] for r in finished] == [d.name for d in reversed(run_dirs)]
+    assert json.loads((tmp_path / "published.json").read_text())["preset"] == "smoke"
 
 
-def test_interrupted_run_resumes_to_the_same_result_as_a_straight_run(tmp_path):
-    config = get_config("smoke")
-    run = sweep.Run("deltanet", 32, 4, 16, 3e-3)
-    straight = sweep.train_run(config, run, str(tmp_path / "straight"))
-    # A preemption after step 2 (a checkpoint is saved every 2 steps), then the sweep again.
-    train_source = MQARSource(config.data.num_train_examples, 32, 4,
-                              vocab_size=config.data.vocab_size, seed=config.seed)
-    fit(sweep.trainer_config(config, run), LanguageModel(sweep.model_config(config, run)),
-        train_source, str(tmp_path / "resumed"), stop_at=2)
-    resumed = sweep.train_run(config, run, str(tmp_path / "resumed"))
+def test_interrupted_run_resumes_to_the_same_result_as_a_straight_run(study_dir, tmp_path):
+    # The attention run: resuming is the trainer's, whatever the mixer; it compiles fastest.
+    config = study.run_config(_recurrent_smoke(), _recurrent_smoke().sweep[1])
+    straight = json.loads((study_dir / "runs" / SMOKE_RUNS[1] / "result.json").read_text())
+    # A preemption after step 2 (a checkpoint is saved every 2 steps), then the run again.
+    fit(mqar.trainer_config(config), mqar.build_model(config),
+        mqar.make_source(config, split="train"), str(tmp_path), stop_at=2)
+    resumed = mqar.train_and_evaluate(config, str(tmp_path))
     assert resumed["steps"] == straight["steps"] == 4
     assert resumed["loss"] == straight["loss"] and resumed["accuracy"] == straight["accuracy"]
 
 
-@pytest.mark.parametrize("field, value, match", [
-    ("mixers", ("deltanet", "mamba"), "config.mixers"),
-    ("settings", ((32, 9),), "4 \\* num_kv_pairs <= seq_len"),
-    ("d_models", (16, 0), "config.d_models"),
-    ("learning_rates", (1e-3, -1.0), "config.learning_rates"),
+def test_scripts_run_as_a_file_and_as_a_module(tmp_path):
+    # --report_only on an empty workdir: the flags, the config and the report, no training.
+    for launcher in (["experiments/mqar.py"], ["-m", "experiments.mqar"]):
+        done = subprocess.run(
+            [sys.executable, *launcher, "--config=configs/mqar.py:smoke", "--report_only",
+             f"--workdir={tmp_path}", "--config.only=attention-*"],
+            cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "0 of 1 runs finished" in (tmp_path / "results.md").read_text()
+
+
+@pytest.mark.parametrize("runs, match", [
+    (dict(settings=((32, 9),)), "4 \\* num_kv_pairs <= seq_len"),
+    (dict(d_models=(0,)), "d_model"),
+    (dict(learning_rates=(-1.0,)), "learning_rate"),
 ])
-def test_bad_sweep_settings_are_rejected_naming_the_field(field, value, match):
+def test_bad_runs_are_rejected_naming_the_field(runs, match):
     config = get_config("smoke")
-    config[field] = value
+    config.sweep = sweep(**{**dict(mixers=("deltanet",), d_models=(16,), settings=((32, 4),),
+                                   learning_rates=(1e-3,)), **runs})
     with pytest.raises(ValueError, match=match):
-        sweep.plan(config)
+        mqar.check(config)
+
+
+def test_bad_mixer_and_preset_are_rejected():
+    with pytest.raises(ValueError, match="mixers"):
+        sweep(("deltanet", "mamba"), (16,), ((32, 4),), (1e-3,))
+    with pytest.raises(ValueError, match="preset"):
+        get_config("huge")
 
 
 def test_table_keeps_the_best_learning_rate_per_cell_and_marks_missing_cells():
     config = get_config("smoke")
-    config.d_models = (16, 32)
-    config.learning_rates = (1e-3, 3e-3, 1e-2)
-    results = [dict(mixer="deltanet", seq_len=32, num_kv_pairs=4, d_model=d,
-                    learning_rate=lr, accuracy=acc)
-               for d, lr, acc in ((16, 1e-3, 0.5), (16, 3e-3, 0.875), (16, 1e-2, 0.25),
-                                  (32, 1e-3, 0.75))]
-    table = report.markdown_table(config, results)
+    config.sweep = sweep(("deltanet", "attention"), (16, 32), ((32, 4),), (1e-3, 3e-3, 1e-2))
+    accuracy = {(16, "1.0e-03"): 0.5, (16, "3.0e-03"): 0.875, (16, "1.0e-02"): 0.25,
+                (32, "1.0e-03"): 0.75}
+    results = [dict(name=f"deltanet-T32-kv4-d{d}-lr{lr}", accuracy=acc)
+               for (d, lr), acc in accuracy.items()]
+    table = mqar.markdown_table(config, results)
     assert "| deltanet | 87.5 (3.0e-03) | 75.0 (1.0e-03; 1 of 3 lrs) |" in table
     assert "| attention | - | - |" in table
 
 
 def test_presets_plan_the_published_grid():
-    paper = sweep.plan(get_config("paper"))
-    assert len(paper) == 6 * 4 * 4 * 4
-    assert {(r.seq_len, r.num_kv_pairs) for r in paper} == {(64, 4), (128, 8), (256, 16),
-                                                            (512, 64)}
-    np.testing.assert_allclose(sorted({r.learning_rate for r in paper}),
-                               np.logspace(-4, -2, 4))
-    assert max(r.seq_len for r in sweep.plan(get_config("cpu_sweep"))) == 256
-    with pytest.raises(ValueError, match="preset"):
-        get_config("huge")
+    paper = get_config("paper")
+    cells = [mqar.cell(paper, run) for run in paper.sweep]
+    assert len(cells) == 6 * 4 * 4 * 4
+    assert {(c[0], c[1]) for c in cells} == set(PAPER_SETTINGS)
+    np.testing.assert_allclose(sorted({c[4] for c in cells}), np.logspace(-4, -2, 4))
+    assert max(mqar.cell(get_config("cpu_sweep"), r)[0]
+               for r in get_config("cpu_sweep").sweep) == 256
+    study.check_config(get_config("cpu_sweep"), "mqar")

@@ -1,1 +1,0 @@
-"""The MQAR recall study: the sweep (runs, one trained model each) and its report."""
