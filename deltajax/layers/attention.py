@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from deltajax.layers.mixer import head_dims
 from deltajax.ops import cached_attention, causal_attention, rope
 
 
@@ -22,11 +23,9 @@ class Attention(nn.Module):
 
     @property
     def key_dim(self) -> int:
-        return self.head_dim or self.d_model // self.num_heads
+        return head_dims(self.d_model, self.num_heads, self.head_dim)[0]
 
     def setup(self):
-        if self.head_dim is None and self.d_model % self.num_heads:
-            raise ValueError(f"num_heads={self.num_heads} must divide d_model={self.d_model}")
         if self.window_size is not None and self.window_size < 1:
             raise ValueError(f"window_size must be >= 1 or None, got {self.window_size}")
         dense = lambda features: nn.Dense(features, use_bias=False, dtype=self.dtype)
@@ -53,8 +52,9 @@ class Attention(nn.Module):
         B, T, _ = x_BTD.shape
         start = cache["pos"]
         q, k, v = self._project(x_BTD, start + jnp.arange(T))
-        k_cache = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), (0, start, 0, 0))
-        v_cache = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), (0, start, 0, 0))
+        write = lambda buffer, x: jax.lax.dynamic_update_slice(buffer, x.astype(buffer.dtype),
+                                                               (0, start, 0, 0))
+        k_cache, v_cache = write(cache["k"], k), write(cache["v"], v)
         o_BTHD = cached_attention(q, k_cache, v_cache, start=start, window=self.window_size)
         return self.o_proj(o_BTHD.reshape(B, T, -1)), {"k": k_cache, "v": v_cache, "pos": start + T}
 

@@ -1,17 +1,18 @@
-"""The body shared by the delta-rule mixers (DeltaNet, Gated DeltaNet, DeltaProduct) and the
-linear-attention baseline: projections, short convolutions, L2-normalised q and k, the
-recurrence, the per-head output norm and the output projection, with a cache for decoding."""
+"""The body shared by the delta-rule mixers (DeltaNet, Gated DeltaNet, DeltaProduct):
+projections, short convolutions, L2-normalised q and k, beta, the optional decay, the delta rule,
+the per-head output norm and the output projection, with a cache for decoding."""
 
-from typing import Any, ClassVar, Optional
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deltajax.layers.conv import ShortConvolution
+from deltajax.layers.conv import ShortConvolution, conv_qkv, conv_qkv_cache
+from deltajax.layers.mixer import head_dims
 from deltajax.layers.norm import l2_normalize
-from deltajax.ops import delta_rule, linear_attention
+from deltajax.ops import delta_rule
 
 
 def _init_A_log(key, shape, dtype=jnp.float32):
@@ -27,7 +28,7 @@ def _init_dt_bias(key, shape, dtype=jnp.float32):
 
 
 class DeltaRuleMixer(nn.Module):
-    """Token mixer whose state is a [K, V] matrix per head, updated by `update_rule`.
+    """Token mixer whose state is a [K, V] matrix per head, updated by the delta rule.
 
     With num_householder = n > 1 (DeltaProduct) every token makes n delta-rule steps with its
     own keys, values and betas; the query reads the state after the last one.
@@ -38,36 +39,27 @@ class DeltaRuleMixer(nn.Module):
     head_dim: Optional[int] = None        # default d_model // num_heads
     expand_v: int = 1                     # value head dim = expand_v * head_dim
     num_householder: int = 1
-    use_forget_gate: bool = False         # Mamba-style decay g = -exp(A_log) softplus(a(x) + dt_bias)
+    use_forget_gate: bool = False         # decay g = -exp(A_log) softplus(a(x) + dt_bias) (Mamba)
     use_output_gate: bool = False         # RMSNorm(o) * silu(g_proj(x))
     use_short_conv: bool = True
     conv_size: int = 4
     allow_neg_eigval: bool = False        # beta in [0, 2] instead of [0, 1]
-    backend: str = "auto"
+    backend: str = "auto"                 # deltajax.ops.delta_rule's backend
     chunk_size: int = 64
     norm_eps: float = 1e-5
     dtype: Any = jnp.float32              # compute dtype; parameters stay float32
 
-    update_rule: ClassVar[str] = "delta"  # "linear": S_t = S_{t-1} + k_t v_t^T
-
     @property
-    def key_dim(self) -> int:
-        return self.head_dim or self.d_model // self.num_heads
-
-    @property
-    def value_dim(self) -> int:
-        return self.key_dim * self.expand_v
+    def key_value_dims(self) -> tuple[int, int]:
+        return head_dims(self.d_model, self.num_heads, self.head_dim, self.expand_v)
 
     def setup(self):
-        if self.head_dim is None and self.d_model % self.num_heads:
-            raise ValueError(f"num_heads={self.num_heads} must divide d_model={self.d_model}")
         if self.num_householder < 1:
             raise ValueError(f"num_householder must be >= 1, got {self.num_householder}")
-        H, K, V, n = self.num_heads, self.key_dim, self.value_dim, self.num_householder
+        (K, V), H, n = self.key_value_dims, self.num_heads, self.num_householder
         dense = lambda features: nn.Dense(features, use_bias=False, dtype=self.dtype)
         self.q_proj, self.k_proj, self.v_proj = dense(H * K), dense(n * H * K), dense(n * H * V)
-        if self.update_rule == "delta":
-            self.b_proj = dense(n * H)
+        self.b_proj = dense(n * H)
         if self.use_short_conv:
             conv = lambda: ShortConvolution(self.conv_size, dtype=self.dtype)
             self.q_conv, self.k_conv, self.v_conv = conv(), conv(), conv()
@@ -78,7 +70,7 @@ class DeltaRuleMixer(nn.Module):
         if self.use_output_gate:
             self.g_proj = dense(H * V)
         self.o_norm = nn.RMSNorm(epsilon=self.norm_eps, dtype=self.dtype)
-        self.o_proj = nn.Dense(self.d_model, use_bias=False, dtype=self.dtype)
+        self.o_proj = dense(self.d_model)
 
     def __call__(self, x_BTD: jax.Array) -> jax.Array:
         return self._mix(x_BTD, cache=None)[0]
@@ -90,30 +82,23 @@ class DeltaRuleMixer(nn.Module):
     def init_cache(self, batch: int, max_len: int) -> dict:
         """The state before any token; max_len is unused (the state has a fixed size)."""
         del max_len
-        H, K, V, n = self.num_heads, self.key_dim, self.value_dim, self.num_householder
-        cache = {"state": jnp.zeros((batch, H, K, V), jnp.float32)}
-        if self.use_short_conv:
-            tail = lambda features: jnp.zeros((batch, self.conv_size - 1, features), self.dtype)
-            cache.update(conv_q=tail(H * K), conv_k=tail(n * H * K), conv_v=tail(n * H * V))
-        return cache
+        (K, V), H, n = self.key_value_dims, self.num_heads, self.num_householder
+        conv_size = self.conv_size if self.use_short_conv else None
+        return {"state": jnp.zeros((batch, H, K, V), jnp.float32),
+                **conv_qkv_cache(batch, conv_size, (H * K, n * H * K, n * H * V), self.dtype)}
 
     def _mix(self, x_BTD, cache):
         B, T, _ = x_BTD.shape
-        H, K, V, n = self.num_heads, self.key_dim, self.value_dim, self.num_householder
-        q, k, v = self.q_proj(x_BTD), self.k_proj(x_BTD), self.v_proj(x_BTD)
-        new_cache = {}
-        if self.use_short_conv:
-            tail = lambda name: None if cache is None else cache[name]
-            q, new_cache["conv_q"] = self.q_conv(q, tail("conv_q"))
-            k, new_cache["conv_k"] = self.k_conv(k, tail("conv_k"))
-            v, new_cache["conv_v"] = self.v_conv(v, tail("conv_v"))
-        else:
-            q, k, v = jax.nn.silu(q), jax.nn.silu(k), jax.nn.silu(v)
+        (K, V), H, n = self.key_value_dims, self.num_heads, self.num_householder
+        convs = (self.q_conv, self.k_conv, self.v_conv) if self.use_short_conv else None
+        (q, k, v), new_cache = conv_qkv(
+            convs, (self.q_proj(x_BTD), self.k_proj(x_BTD), self.v_proj(x_BTD)), cache)
         q_BTHK = l2_normalize(q.reshape(B, T, H, K))
         k_BTnHK = l2_normalize(k.reshape(B, T, n, H, K))
         v_BTnHV = v.reshape(B, T, n, H, V)
         initial_state = None if cache is None else cache["state"]
-        o_BTHV, new_cache["state"] = self._recurrence(x_BTD, q_BTHK, k_BTnHK, v_BTnHV, initial_state)
+        o_BTHV, new_cache["state"] = self._recurrence(x_BTD, q_BTHK, k_BTnHK, v_BTnHV,
+                                                      initial_state)
 
         o_BTHV = self.o_norm(o_BTHV)
         if self.use_output_gate:
@@ -123,17 +108,14 @@ class DeltaRuleMixer(nn.Module):
 
     def _recurrence(self, x_BTD, q_BTHK, k_BTnHK, v_BTnHV, initial_state):
         B, T, n, H, K = k_BTnHK.shape
-        if self.update_rule == "linear":
-            return linear_attention(q_BTHK, k_BTnHK[:, :, 0], v_BTnHV[:, :, 0],
-                                    initial_state=initial_state, return_final_state=True,
-                                    chunk_size=self.chunk_size)
         beta_BTnH = jax.nn.sigmoid(self.b_proj(x_BTD).astype(jnp.float32)).reshape(B, T, n, H)
         if self.allow_neg_eigval:
             beta_BTnH = 2.0 * beta_BTnH
         gate_BTH = None
         if self.use_forget_gate:
             a_BTH = self.a_proj(x_BTD).astype(jnp.float32)
-            gate_BTH = -jnp.exp(self.A_log)[None, None] * jax.nn.softplus(a_BTH + self.dt_bias[None, None])
+            gate_BTH = (-jnp.exp(self.A_log)[None, None]
+                        * jax.nn.softplus(a_BTH + self.dt_bias[None, None]))
 
         # n Householder steps per token are n consecutive delta-rule tokens: the query sits on
         # the last of them and the decay on the first.

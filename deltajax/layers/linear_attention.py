@@ -1,11 +1,72 @@
 """Plain linear attention, the delta rule's ablation: S_t = S_{t-1} + k_t v_t^T, o_t = S_t^T q_t,
 with DeltaNet's projections, short convolutions, L2-normalised q and k and output norm, so the
-update rule is the only difference."""
+update rule is the only difference. It has one path (deltajax.ops.linear_attention, chunkwise),
+hence no backend."""
 
-from typing import ClassVar
+from typing import Any, Optional
 
-from deltajax.layers.delta_mixer import DeltaRuleMixer
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from deltajax.layers.conv import ShortConvolution, conv_qkv, conv_qkv_cache
+from deltajax.layers.mixer import head_dims
+from deltajax.layers.norm import l2_normalize
+from deltajax.ops import linear_attention
 
 
-class LinearAttention(DeltaRuleMixer):
-    update_rule: ClassVar[str] = "linear"
+class LinearAttention(nn.Module):
+    """Bias-free q/k/v projections, short convolutions with SiLU, L2-normalised q and k, the
+    additive state update, per-head RMSNorm of the output, output projection."""
+
+    d_model: int
+    num_heads: int
+    head_dim: Optional[int] = None        # default d_model // num_heads
+    expand_v: int = 1                     # value head dim = expand_v * head_dim
+    use_short_conv: bool = True
+    conv_size: int = 4
+    chunk_size: int = 64
+    norm_eps: float = 1e-5
+    dtype: Any = jnp.float32              # compute dtype; parameters stay float32
+
+    @property
+    def key_value_dims(self) -> tuple[int, int]:
+        return head_dims(self.d_model, self.num_heads, self.head_dim, self.expand_v)
+
+    def setup(self):
+        (K, V), H = self.key_value_dims, self.num_heads
+        dense = lambda features: nn.Dense(features, use_bias=False, dtype=self.dtype)
+        self.q_proj, self.k_proj, self.v_proj = dense(H * K), dense(H * K), dense(H * V)
+        if self.use_short_conv:
+            conv = lambda: ShortConvolution(self.conv_size, dtype=self.dtype)
+            self.q_conv, self.k_conv, self.v_conv = conv(), conv(), conv()
+        self.o_norm = nn.RMSNorm(epsilon=self.norm_eps, dtype=self.dtype)
+        self.o_proj = dense(self.d_model)
+
+    def __call__(self, x_BTD: jax.Array) -> jax.Array:
+        return self._mix(x_BTD, cache=None)[0]
+
+    def extend(self, x_BTD: jax.Array, cache: dict) -> tuple[jax.Array, dict]:
+        """Continues the sequence held in `cache` by x's tokens (T = 1 is a decode step)."""
+        return self._mix(x_BTD, cache)
+
+    def init_cache(self, batch: int, max_len: int) -> dict:
+        """The state before any token; max_len is unused (the state has a fixed size)."""
+        del max_len
+        (K, V), H = self.key_value_dims, self.num_heads
+        conv_size = self.conv_size if self.use_short_conv else None
+        return {"state": jnp.zeros((batch, H, K, V), jnp.float32),
+                **conv_qkv_cache(batch, conv_size, (H * K, H * K, H * V), self.dtype)}
+
+    def _mix(self, x_BTD, cache):
+        B, T, _ = x_BTD.shape
+        (K, V), H = self.key_value_dims, self.num_heads
+        convs = (self.q_conv, self.k_conv, self.v_conv) if self.use_short_conv else None
+        (q, k, v), new_cache = conv_qkv(
+            convs, (self.q_proj(x_BTD), self.k_proj(x_BTD), self.v_proj(x_BTD)), cache)
+        o_BTHV, new_cache["state"] = linear_attention(
+            l2_normalize(q.reshape(B, T, H, K)), l2_normalize(k.reshape(B, T, H, K)),
+            v.reshape(B, T, H, V), initial_state=None if cache is None else cache["state"],
+            return_final_state=True, chunk_size=self.chunk_size)
+        y_BTD = self.o_proj(self.o_norm(o_BTHV).reshape(B, T, H * V))
+        return y_BTD, (None if cache is None else new_cache)

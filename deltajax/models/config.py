@@ -1,16 +1,117 @@
-"""ModelConfig: the whole model in one frozen dataclass, validated when it is made."""
+"""ModelConfig: the whole model in one frozen dataclass, validated when it is made.
+
+Options that only some mixers read live in typed groups (ConvOptions, DeltaRuleOptions, ...).
+A group defaults to None, "the mixers' defaults"; a model carries only the groups its layers
+use, and a group set for a model none of whose layers reads it is an error, not ignored.
+Each group also accepts a plain dict, so `ModelConfig(**config.model.to_dict())` builds a model
+from an ml_collections config whose `model` holds nested dicts.
+"""
 
 import dataclasses
-from typing import Optional
+from typing import Any, Optional, Union
 
 import jax.numpy as jnp
 
 from deltajax.models.mixers import MIXERS
-from deltajax.ops import BACKENDS
+from deltajax.ops.backend import Backend, check_chunk_size, parse_backend
 
 _DTYPES = ("float32", "bfloat16")
 MLPS = ("swiglu", "relu")   # relu: Dense + bias, ReLU, Dense + bias (the grokking models)
 NORMS = ("rmsnorm",)
+
+
+def _check_positive_int(value, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _check_bool(value, name: str) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvOptions:
+    """The short causal convolutions on q, k and v (enabled=False: SiLU alone)."""
+
+    enabled: bool = True
+    size: int = 4
+
+    def __post_init__(self):
+        _check_bool(self.enabled, "ModelConfig.conv.enabled")
+        _check_positive_int(self.size, "ModelConfig.conv.size")
+
+
+@dataclasses.dataclass(frozen=True)
+class DeltaRuleOptions:
+    """The delta-rule mixers' options; backend and chunk_size go to deltajax.ops.delta_rule."""
+
+    allow_neg_eigval: bool = False         # beta in [0, 2] instead of [0, 1]
+    use_output_gate: Optional[bool] = None  # None: the mixer's published default
+    backend: Union[Backend, str] = "auto"  # stored as a Backend (a str: "auto" == Backend.AUTO)
+    chunk_size: int = 64
+
+    def __post_init__(self):
+        _check_bool(self.allow_neg_eigval, "ModelConfig.delta_rule.allow_neg_eigval")
+        if self.use_output_gate is not None:
+            _check_bool(self.use_output_gate, "ModelConfig.delta_rule.use_output_gate")
+        backend = parse_backend(self.backend, "ModelConfig.delta_rule.backend")
+        object.__setattr__(self, "backend", backend)
+        check_chunk_size(self.chunk_size, "ModelConfig.delta_rule.chunk_size")
+
+
+@dataclasses.dataclass(frozen=True)
+class DeltaProductOptions:
+    num_householder: int = 2               # n_h delta-rule steps per token
+
+    def __post_init__(self):
+        _check_positive_int(self.num_householder, "ModelConfig.delta_product.num_householder")
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearAttentionOptions:
+    """Linear attention has one path, so no backend: a backend meant for it is an error."""
+
+    chunk_size: int = 64
+
+    def __post_init__(self):
+        check_chunk_size(self.chunk_size, "ModelConfig.linear_attention.chunk_size")
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionOptions:
+    window_size: int = 64                  # "swa": the tokens each position attends to
+    rope_theta: float = 10000.0
+
+    def __post_init__(self):
+        _check_positive_int(self.window_size, "ModelConfig.attention.window_size")
+        if (isinstance(self.rope_theta, bool) or not isinstance(self.rope_theta, (int, float))
+                or self.rope_theta <= 0):
+            raise ValueError(f"ModelConfig.attention.rope_theta must be a positive number, "
+                             f"got {self.rope_theta!r}")
+
+
+OPTION_GROUPS = {"conv": ConvOptions, "delta_rule": DeltaRuleOptions,
+                 "delta_product": DeltaProductOptions, "linear_attention": LinearAttentionOptions,
+                 "attention": AttentionOptions}
+
+
+def _as_group(name: str, value):
+    """value (None, the group's dataclass or a dict of its fields) as the group `name`."""
+    cls = OPTION_GROUPS[name]
+    if value is None or isinstance(value, cls):
+        return value
+    if hasattr(value, "to_dict"):  # an ml_collections.ConfigDict
+        value = value.to_dict()
+    if not isinstance(value, dict):
+        raise ValueError(f"ModelConfig.{name} must be a {cls.__name__}, a dict or None, "
+                         f"got {value!r}")
+    fields = {f.name for f in dataclasses.fields(cls)}
+    for key in value:
+        if key not in fields:
+            raise ValueError(f"ModelConfig.{name}.{key} is not an option; "
+                             f"choose from {sorted(fields)}")
+    return cls(**value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,49 +126,44 @@ class ModelConfig:
     mlp_hidden_dim: Optional[int] = None          # default: 8/3 d_model rounded up to 32
     norm: Optional[str] = "rmsnorm"               # pre-norms and final norm; None: none (Nanda)
     tie_embeddings: bool = True
-    # Delta-rule and linear-attention mixers.
-    use_short_conv: bool = True
-    conv_size: int = 4
-    allow_neg_eigval: bool = False
-    use_output_gate: Optional[bool] = None        # None: the mixer's published default
-    num_householder: int = 2                      # DeltaProduct's n_h
-    backend: str = "auto"                         # delta_rule backend
-    chunk_size: int = 64
-    # Attention mixers.
-    window_size: int = 64                         # "swa" mixers
-    rope_theta: float = 10000.0
     norm_eps: float = 1e-5
     dtype: str = "float32"                        # compute dtype; parameters stay float32
+    # Option groups (None: the mixers' defaults), each read by the mixers named after it.
+    conv: Optional[ConvOptions] = None  # deltanet, gated_deltanet, delta_product, linear_attention
+    delta_rule: Optional[DeltaRuleOptions] = None  # deltanet, gated_deltanet, delta_product
+    delta_product: Optional[DeltaProductOptions] = None  # delta_product
+    linear_attention: Optional[LinearAttentionOptions] = None  # linear_attention
+    attention: Optional[AttentionOptions] = None  # attention, swa
 
     def __post_init__(self):
         if isinstance(self.layer_mixers, list):
             object.__setattr__(self, "layer_mixers", tuple(self.layer_mixers))
-        for name in ("vocab_size", "d_model", "num_layers", "num_heads", "conv_size",
-                     "num_householder", "window_size"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"ModelConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
+        for name in ("vocab_size", "d_model", "num_layers", "num_heads"):
+            _check_positive_int(getattr(self, name), f"ModelConfig.{name}")
         if self.d_model % self.num_heads:
-            raise ValueError(f"ModelConfig.num_heads={self.num_heads} must divide d_model={self.d_model}")
+            raise ValueError(f"ModelConfig.num_heads={self.num_heads} must divide "
+                             f"d_model={self.d_model}")
         for name in self.mixers:
             if name not in MIXERS:
-                raise ValueError(f"ModelConfig mixer {name!r} is unknown; choose from {sorted(MIXERS)}")
+                raise ValueError(f"ModelConfig mixer {name!r} is unknown; "
+                                 f"choose from {sorted(MIXERS)}")
         if len(self.mixers) != self.num_layers:
             raise ValueError(f"ModelConfig.layer_mixers has {len(self.mixers)} names for "
                              f"num_layers={self.num_layers}")
         if self.mlp is not None and self.mlp not in MLPS:
             raise ValueError(f"ModelConfig.mlp must be one of {MLPS} or None, got {self.mlp!r}")
-        if self.mlp_hidden_dim is not None and (not isinstance(self.mlp_hidden_dim, int)
-                                                or self.mlp_hidden_dim < 1):
-            raise ValueError(f"ModelConfig.mlp_hidden_dim must be a positive integer or None, "
-                             f"got {self.mlp_hidden_dim!r}")
+        if self.mlp_hidden_dim is not None:
+            _check_positive_int(self.mlp_hidden_dim, "ModelConfig.mlp_hidden_dim")
         if self.norm is not None and self.norm not in NORMS:
             raise ValueError(f"ModelConfig.norm must be one of {NORMS} or None, got {self.norm!r}")
         if self.dtype not in _DTYPES:
             raise ValueError(f"ModelConfig.dtype must be one of {_DTYPES}, got {self.dtype!r}")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"ModelConfig.backend must be one of {BACKENDS}, got {self.backend!r}")
-        if self.chunk_size < 1 or self.chunk_size & (self.chunk_size - 1):
-            raise ValueError(f"ModelConfig.chunk_size must be a power of two, got {self.chunk_size}")
+        for group in OPTION_GROUPS:
+            object.__setattr__(self, group, _as_group(group, getattr(self, group)))
+            users = [name for name, entry in MIXERS.items() if group in entry.groups]
+            if getattr(self, group) is not None and not set(users) & set(self.mixers):
+                raise ValueError(f"ModelConfig.{group} is set but no layer is a "
+                                 f"{' or '.join(map(repr, users))} mixer")
         uses_rope = any(name in ("attention", "swa") for name in self.mixers)
         if uses_rope and (self.d_model // self.num_heads) % 2:
             raise ValueError(f"attention mixers need an even head dim (RoPE), got "
@@ -76,6 +172,17 @@ class ModelConfig:
     @property
     def mixers(self) -> tuple[str, ...]:
         return self.layer_mixers or (self.mixer,) * self.num_layers
+
+    def options(self, group: str) -> Any:
+        """The option group `group` with the defaults filled in (what the mixer builders read)."""
+        return getattr(self, group) or OPTION_GROUPS[group]()
+
+    def to_dict(self) -> dict:
+        """Plain fields, groups as dicts, backend as its string: ModelConfig(**c.to_dict()) == c."""
+        fields = dataclasses.asdict(self)
+        if fields["delta_rule"] is not None:
+            fields["delta_rule"]["backend"] = self.delta_rule.backend.value
+        return fields
 
     @property
     def jnp_dtype(self):

@@ -74,7 +74,7 @@ class LanguageModel(nn.Module):
         """Logits of tokens that continue the cached sequence, and the cache after them."""
         x_BTD = self.embed(tokens_BT)
         new_cache = []
-        for block, layer_cache in zip(self.blocks, cache):
+        for block, layer_cache in zip(self.blocks, cache, strict=True):
             x_BTD, layer_cache = block.extend(x_BTD, layer_cache)
             new_cache.append(layer_cache)
         return self._logits(x_BTD), tuple(new_cache)

@@ -1,34 +1,65 @@
-"""The mixer table: a name in ModelConfig -> the layer it builds. A new mixer is one file in
-deltajax/layers/ plus one line here."""
+"""The mixer table: a name in ModelConfig -> the layer, its arguments from the config, and the
+ModelConfig option groups it reads. A new mixer is one file in deltajax/layers/ plus one line
+here."""
 
-from deltajax.layers import (Attention, DeltaNet, DeltaProduct, GatedDeltaNet, LinearAttention)
+from collections.abc import Callable
+from typing import NamedTuple
+
+from deltajax.layers import Attention, DeltaNet, DeltaProduct, GatedDeltaNet, LinearAttention, Mixer
 
 
-def _delta_kwargs(config):
-    kwargs = dict(d_model=config.d_model, num_heads=config.num_heads,
-                  use_short_conv=config.use_short_conv, conv_size=config.conv_size,
-                  allow_neg_eigval=config.allow_neg_eigval, backend=config.backend,
-                  chunk_size=config.chunk_size, norm_eps=config.norm_eps, dtype=config.jnp_dtype)
-    if config.use_output_gate is not None:
-        kwargs["use_output_gate"] = config.use_output_gate
+class MixerEntry(NamedTuple):
+    layer: Callable[..., Mixer]   # the layer class
+    kwargs: Callable[..., dict]   # config -> the layer's arguments
+    groups: tuple[str, ...]       # the option groups kwargs reads (a group no layer reads: error)
+
+
+def _base(c):
+    return dict(d_model=c.d_model, num_heads=c.num_heads, dtype=c.jnp_dtype)
+
+
+def _conv(c):
+    conv = c.options("conv")
+    return dict(**_base(c), use_short_conv=conv.enabled, conv_size=conv.size, norm_eps=c.norm_eps)
+
+
+def _delta(c):
+    rule = c.options("delta_rule")
+    kwargs = dict(**_conv(c), allow_neg_eigval=rule.allow_neg_eigval, backend=rule.backend,
+                  chunk_size=rule.chunk_size)
+    if rule.use_output_gate is not None:  # None keeps the mixer's published default
+        kwargs["use_output_gate"] = rule.use_output_gate
     return kwargs
 
 
-def _attention_kwargs(config):
-    return dict(d_model=config.d_model, num_heads=config.num_heads, rope_theta=config.rope_theta,
-                dtype=config.jnp_dtype)
+def _delta_product(c):
+    return dict(**_delta(c), num_householder=c.options("delta_product").num_householder)
 
 
+def _linear(c):
+    return dict(**_conv(c), chunk_size=c.options("linear_attention").chunk_size)
+
+
+def _attention(c):
+    return dict(**_base(c), rope_theta=c.options("attention").rope_theta)
+
+
+def _swa(c):
+    return dict(**_attention(c), window_size=c.options("attention").window_size)
+
+
+_DELTA = ("conv", "delta_rule")
 MIXERS = {
-    "deltanet": lambda c, **kw: DeltaNet(**_delta_kwargs(c), **kw),
-    "gated_deltanet": lambda c, **kw: GatedDeltaNet(**_delta_kwargs(c), **kw),
-    "delta_product": lambda c, **kw: DeltaProduct(**_delta_kwargs(c), num_householder=c.num_householder, **kw),
-    "linear_attention": lambda c, **kw: LinearAttention(**_delta_kwargs(c), **kw),
-    "attention": lambda c, **kw: Attention(**_attention_kwargs(c), **kw),
-    "swa": lambda c, **kw: Attention(**_attention_kwargs(c), window_size=c.window_size, **kw),
+    "deltanet": MixerEntry(DeltaNet, _delta, _DELTA),
+    "gated_deltanet": MixerEntry(GatedDeltaNet, _delta, _DELTA),
+    "delta_product": MixerEntry(DeltaProduct, _delta_product, (*_DELTA, "delta_product")),
+    "linear_attention": MixerEntry(LinearAttention, _linear, ("conv", "linear_attention")),
+    "attention": MixerEntry(Attention, _attention, ("attention",)),
+    "swa": MixerEntry(Attention, _swa, ("attention",)),
 }
 
 
-def build_mixer(config, name: str, **module_kwargs):
+def build_mixer(config, name: str, **module_kwargs) -> Mixer:
     """The mixer module `name` configured by `config` (module_kwargs: name=, parent=)."""
-    return MIXERS[name](config, **module_kwargs)
+    entry = MIXERS[name]
+    return entry.layer(**entry.kwargs(config), **module_kwargs)

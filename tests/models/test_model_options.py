@@ -1,17 +1,32 @@
-"""ModelConfig options for the grokking models: a ReLU MLP with biases and no normalisation."""
+"""ModelConfig's options: the grokking models' ReLU MLP without norms, and the option groups
+(what each mixer reads, dict form, defaults, and the errors that name the field)."""
+
+import json
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import pytest
 
-from deltajax.models import LanguageModel, ModelConfig
+from deltajax.models import (
+    MIXERS,
+    AttentionOptions,
+    ConvOptions,
+    DeltaProductOptions,
+    DeltaRuleOptions,
+    LanguageModel,
+    LinearAttentionOptions,
+    ModelConfig,
+    build_mixer,
+)
+from deltajax.ops.backend import Backend
 
 
 def _init(config):
     tokens = jnp.zeros((2, 3), jnp.int32)
     model = LanguageModel(config)
-    params = model.init(jax.random.PRNGKey(0), tokens)["params"]
-    return model, params, tokens
+    params = jax.jit(model.init)(jax.random.PRNGKey(0), tokens)["params"]
+    return jax.jit(model.apply), params, tokens
 
 
 def test_relu_mlp_without_norms_matches_nanda_layout_and_differs_from_rmsnorm():
@@ -27,9 +42,9 @@ def test_relu_mlp_without_norms_matches_nanda_layout_and_differs_from_rmsnorm():
     # The same weights with and without the norms (RMSNorm scales start at 1): other logits.
     shared = {"embed": normed["embed"], "head": normed["head"],
               "blocks_0": {k: normed["blocks_0"][k] for k in ("mixer", "mlp")}}
-    logits = bare_model.apply({"params": shared}, tokens)
+    logits = bare_model({"params": shared}, tokens)
     assert logits.shape == (2, 3, 10) and logits.dtype == jnp.float32
-    assert not jnp.allclose(logits, normed_model.apply({"params": normed}, tokens))
+    assert not jnp.allclose(logits, normed_model({"params": normed}, tokens))
 
 
 def test_defaults_keep_swiglu_and_rmsnorm():
@@ -42,3 +57,87 @@ def test_defaults_keep_swiglu_and_rmsnorm():
 def test_bad_options_name_the_field(field, value):
     with pytest.raises(ValueError, match=f"ModelConfig.{field}"):
         ModelConfig(vocab_size=10, d_model=16, num_heads=2, **{field: value})
+
+
+GROUPS = dict(conv=dict(enabled=False, size=3),
+              delta_rule=dict(allow_neg_eigval=True, use_output_gate=False, backend="recurrent",
+                              chunk_size=16),
+              delta_product=dict(num_householder=3), linear_attention=dict(chunk_size=8),
+              attention=dict(window_size=5, rope_theta=500.0))
+EVERY_MIXER = dict(vocab_size=10, d_model=16, num_heads=2, num_layers=len(MIXERS),
+                   layer_mixers=tuple(MIXERS))
+
+
+def test_option_groups_reach_the_mixers_that_read_them():
+    config = ModelConfig(**EVERY_MIXER, **GROUPS)
+    built = {name: build_mixer(config, name, parent=None) for name in MIXERS}
+    for name in ("deltanet", "gated_deltanet", "delta_product", "linear_attention"):
+        assert (built[name].use_short_conv, built[name].conv_size) == (False, 3), name
+    for name in ("deltanet", "gated_deltanet", "delta_product"):
+        mixer = built[name]
+        assert (mixer.allow_neg_eigval, mixer.use_output_gate, mixer.backend, mixer.chunk_size) \
+            == (True, False, Backend.RECURRENT, 16), name
+    assert built["delta_product"].num_householder == 3
+    assert built["linear_attention"].chunk_size == 8
+    assert built["attention"].rope_theta == built["swa"].rope_theta == 500.0
+    assert built["attention"].window_size is None and built["swa"].window_size == 5
+
+
+def test_unset_groups_are_the_mixers_defaults():
+    config = ModelConfig(**EVERY_MIXER)
+    assert all(getattr(config, group) is None for group in GROUPS)
+    assert config.options("delta_rule") == DeltaRuleOptions()
+    built = {name: build_mixer(config, name, parent=None) for name in MIXERS}
+    # use_output_gate=None: Gated DeltaNet keeps its published SiLU output gate, DeltaNet none.
+    assert built["gated_deltanet"].use_output_gate and not built["deltanet"].use_output_gate
+    assert built["delta_product"].num_householder == DeltaProductOptions().num_householder == 2
+    assert built["swa"].window_size == AttentionOptions().window_size
+    assert built["deltanet"].conv_size == ConvOptions().size
+    assert built["linear_attention"].chunk_size == LinearAttentionOptions().chunk_size
+
+
+def test_groups_as_dicts_round_trip_and_load_from_ml_collections():
+    config = ModelConfig(**EVERY_MIXER, **GROUPS)
+    typed = ModelConfig(**EVERY_MIXER, conv=ConvOptions(**GROUPS["conv"]),
+                        delta_rule=DeltaRuleOptions(**GROUPS["delta_rule"]),
+                        delta_product=DeltaProductOptions(**GROUPS["delta_product"]),
+                        linear_attention=LinearAttentionOptions(**GROUPS["linear_attention"]),
+                        attention=AttentionOptions(**GROUPS["attention"]))
+    assert config == typed and hash(config) == hash(typed)
+    as_dict = config.to_dict()
+    assert as_dict["delta_rule"] == GROUPS["delta_rule"] and json.loads(json.dumps(as_dict)) == {
+        **as_dict, "layer_mixers": list(MIXERS)}
+    assert ModelConfig(**as_dict) == config
+    model = ml_collections.ConfigDict(dict(vocab_size=10, d_model=16, num_heads=2, mlp=None,
+                                           delta_rule=dict(backend="auto")))
+    model.delta_rule.backend = "chunked"   # as --config.model.delta_rule.backend=chunked does
+    assert ModelConfig(**model.to_dict()).delta_rule.backend == Backend.CHUNKED
+
+
+@pytest.mark.parametrize("mixer, group", [
+    ("deltanet", "delta_product"), ("deltanet", "linear_attention"), ("deltanet", "attention"),
+    ("linear_attention", "delta_rule"), ("attention", "conv"), ("swa", "delta_rule")])
+def test_a_group_no_layer_reads_is_rejected(mixer, group):
+    # linear_attention + delta_rule: a backend meant for linear attention is refused, not dropped.
+    with pytest.raises(ValueError, match=f"ModelConfig.{group} is set but no layer is a"):
+        ModelConfig(vocab_size=10, d_model=16, num_heads=2, mixer=mixer, **{group: GROUPS[group]})
+
+
+@pytest.mark.parametrize("group, options, field", [
+    ("conv", dict(size=0), "conv.size"),
+    ("conv", dict(enabled=1), "conv.enabled"),
+    ("conv", dict(kernel_size=3), "conv.kernel_size"),
+    ("delta_rule", dict(backend="cuda"), "delta_rule.backend"),
+    ("delta_rule", dict(chunk_size=48), "delta_rule.chunk_size"),
+    ("delta_rule", dict(allow_neg_eigval="yes"), "delta_rule.allow_neg_eigval"),
+    ("delta_rule", dict(use_output_gate=1), "delta_rule.use_output_gate"),
+    ("delta_product", dict(num_householder=0), "delta_product.num_householder"),
+    ("linear_attention", dict(chunk_size=3), "linear_attention.chunk_size"),
+    ("linear_attention", dict(backend="chunked"), "linear_attention.backend"),
+    ("attention", dict(window_size=0), "attention.window_size"),
+    ("attention", dict(rope_theta=-1.0), "attention.rope_theta"),
+    ("attention", 64, "attention"),
+])
+def test_bad_group_options_name_the_field(group, options, field):
+    with pytest.raises(ValueError, match=f"ModelConfig.{field}"):
+        ModelConfig(**EVERY_MIXER, **{group: options})

@@ -13,7 +13,7 @@ def test_a_deltanet_language_model_learns_the_copy_task_and_resumes(tmp_path):
                          optimizer__learning_rate=1e-2, data__seq_len=16, data__vocab_size=8,
                          data__num_train_examples=512, data__num_eval_examples=64)
     config.model = dict(vocab_size=8, d_model=32, num_layers=2, num_heads=2, mixer="deltanet",
-                        mlp=None, chunk_size=16)
+                        mlp=None, delta_rule=dict(chunk_size=16))
     first = train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1], stop_at=15)
     second = train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1])
     losses = [h["loss"] for h in first.history + second.history]

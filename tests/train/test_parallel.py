@@ -63,7 +63,7 @@ def test_deltanet_lm_trains_on_eight_devices_like_on_one(tmp_path_factory):
     # devices (a LAPACK solve waiting on the pool the all-reduce held; see ops/chunked.py).
     from deltajax.models import LanguageModel, ModelConfig
     model = LanguageModel(ModelConfig(vocab_size=12, d_model=16, num_layers=1, num_heads=2,
-                                      mlp=None, backend="chunked", chunk_size=8))
+                                      mlp=None, delta_rule=dict(backend="chunked", chunk_size=8)))
     config = tiny_config(num_steps=4, checkpoint__every_steps=0, schedule__warmup_steps=1)
     results = [fit(config, model, TRAIN_SOURCE, str(tmp_path_factory.mktemp(f"delta{n}")),
                    devices=jax.devices()[:n]) for n in (1, 8)]
