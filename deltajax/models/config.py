@@ -13,7 +13,7 @@ from typing import Any, Optional, Union
 import jax.numpy as jnp
 
 from deltajax.models.mixers import MIXERS
-from deltajax.ops.backend import Backend, check_chunk_size, parse_backend
+from deltajax.ops import Backend, check_chunk_size, parse_backend
 
 _DTYPES = ("float32", "bfloat16")
 MLPS = ("swiglu", "relu")   # relu: Dense + bias, ReLU, Dense + bias (the grokking models)

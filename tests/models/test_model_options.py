@@ -19,7 +19,7 @@ from deltajax.models import (
     ModelConfig,
     build_mixer,
 )
-from deltajax.ops.backend import Backend
+from deltajax.ops import Backend
 
 
 def _init(config):
