@@ -1,6 +1,7 @@
 """Reading events off training curves: when a metric first passes a threshold."""
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import numpy as np
 

@@ -7,7 +7,7 @@ every pair exactly once.
 """
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

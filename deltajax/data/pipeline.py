@@ -5,7 +5,8 @@ slice [process_index::process_count] -> batch -> prefetch threads. Batch s is a 
 of (source, seed, s), and the iterator's state (one index) is checkpointed with the model.
 """
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import grain
 import jax

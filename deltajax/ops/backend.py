@@ -14,6 +14,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from deltajax.ops import auto_table
+from pallas_kernels.block_sizes import BlockSizes
 
 PALLAS_TARGET_ENV = "DELTAJAX_PALLAS_TARGET"
 
@@ -87,18 +88,20 @@ def _canonical_platform(platform: str) -> str:
 
 
 def resolve(backend: Backend, *, seq_len: int, head_dim: int, chunk_size: int, platform: str,
-            differentiated: bool, min_chunk: int = 1) -> Resolved:
+            differentiated: bool, min_chunk: Optional[int] = None) -> Resolved:
     """The concrete path of `backend` for one call.
 
     seq_len, head_dim: T and K of the call. chunk_size: the requested chunk (already checked).
     platform: jax.default_backend(). differentiated: whether the call's VJP is taken.
-    min_chunk: the Pallas kernels' smallest chunk (BlockSizes.min_chunk); PALLAS only.
+    min_chunk: the Pallas kernels' smallest chunk; PALLAS only. None: that of the target's
+      default BlockSizes.
     """
     platform = _canonical_platform(platform)
 
     def pallas(chunk):
         target, interpret = pallas_target(platform)
-        return Resolved(Backend.PALLAS, clamp_chunk(chunk, seq_len, min_chunk), target, interpret)
+        smallest = BlockSizes.for_target(target).min_chunk if min_chunk is None else min_chunk
+        return Resolved(Backend.PALLAS, clamp_chunk(chunk, seq_len, smallest), target, interpret)
 
     match backend:
         case Backend.RECURRENT:

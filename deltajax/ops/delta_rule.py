@@ -70,9 +70,8 @@ def delta_rule(
         raise ValueError(f"scale must be a Python number or None, got {type(scale).__name__}")
     invalid = _check_values(gate, segment_ids)
 
-    min_chunk = _pallas_min_chunk(block_sizes)
     request = dict(seq_len=T, head_dim=K, chunk_size=chunk_size, platform=jax.default_backend(),
-                   min_chunk=min_chunk)
+                   min_chunk=None if block_sizes is None else block_sizes.min_chunk)
     evaluated = resolve(backend, differentiated=False, **request)
     differentiated = resolve(backend, differentiated=True, **request)
     if block_sizes is not None and Backend.PALLAS not in (evaluated.path, differentiated.path):
@@ -91,17 +90,6 @@ def delta_rule(
     if invalid is not None:
         o = jnp.where(invalid, jnp.array(jnp.nan, o.dtype), o)
     return o, (final_state if return_final_state else None)
-
-
-def _pallas_min_chunk(block_sizes) -> int:
-    """The Pallas kernels' smallest chunk: block_sizes', else the default BlockSizes'."""
-    if block_sizes is not None:
-        return block_sizes.min_chunk
-    try:
-        from pallas_kernels.block_sizes import BlockSizes
-    except ImportError:  # kernels without BlockSizes: Triton's smallest dot tile
-        return 16
-    return BlockSizes().min_chunk
 
 
 def _run(path: Resolved, static, arrays):

@@ -1,6 +1,7 @@
 """Evaluation: masked loss and accuracy summed over the first batches of a source, in order."""
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import jax
 from jax.sharding import Mesh

@@ -1,6 +1,6 @@
 """AdamW with decoupled weight decay masked by parameter path, and global-norm clipping."""
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import optax

@@ -8,7 +8,7 @@ sum_j c_j theta_j with c_0 = 1 - w_1, c_j = w_j - w_{j+1} (0 < j < k), c_k = w_k
 emulates the decay without retraining.
 """
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -109,7 +109,8 @@ def merge_checkpoints(params_list: Sequence, weights_w: Sequence[float]):
                          f"{coefficients.size - 1} needs {coefficients.size} (theta_0..theta_k)")
 
     def merge(*leaves):
-        acc = sum(float(c) * leaf.astype(jnp.float32) for c, leaf in zip(coefficients, leaves))
+        acc = sum(float(c) * leaf.astype(jnp.float32)
+                  for c, leaf in zip(coefficients, leaves, strict=True))
         return acc.astype(leaves[0].dtype)
 
     return jax.tree.map(merge, *params_list)

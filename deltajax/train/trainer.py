@@ -7,7 +7,8 @@ feeds its own rows of every global batch.
 import functools
 import os
 import time
-from typing import NamedTuple, Optional, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple, Optional
 
 import flax.linen as nn
 import jax
@@ -17,7 +18,8 @@ import numpy as np
 from deltajax.data import make_dataset, make_iterator
 from deltajax.train import checkpoint as ckpt
 from deltajax.train import logging as tb
-from deltajax.train import sharding, step as step_lib
+from deltajax.train import sharding
+from deltajax.train import step as step_lib
 from deltajax.train.config import merge_with_defaults, validate_config
 from deltajax.train.evaluate import evaluate
 from deltajax.train.optimizer import make_optimizer
@@ -103,7 +105,7 @@ def fit(config, model: nn.Module, train_source: Sequence, workdir: str, *,
             if step % config.logging.every_steps == 0 or step == end:
                 tb.write_scalars(writer, step, {f"train/{k}": v for k, v in metrics.items()
                                                 if k != "tokens"})
-            canonical = _Lazy(lambda: _unreplicate(state) if pmap else state)
+            canonical = _Lazy(lambda s=state: _unreplicate(s) if pmap else s)
             hist_every = config.logging.histogram_every_steps
             if hist_every and step % hist_every == 0:
                 tb.write_histograms(writer, step, canonical().params)

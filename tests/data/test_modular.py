@@ -10,7 +10,7 @@ from deltajax.data.modular import modular_split, modular_table, vocab_size
 @pytest.mark.parametrize("operation", ["+", "-", "x^2+y^2"])
 def test_table_covers_every_pair_exactly_once(operation):
     a, b, c = modular_table(11, operation)
-    assert len(set(zip(a.tolist(), b.tolist()))) == len(a) == 121
+    assert len(set(zip(a.tolist(), b.tolist(), strict=True))) == len(a) == 121
     assert c.min() >= 0 and c.max() < 11
 
 

@@ -19,7 +19,7 @@ def test_pairs_open_the_sequence_with_keys_and_values_from_their_halves_of_the_v
 def test_every_key_is_queried_once_and_its_target_is_its_value():
     for example in (SOURCE[i] for i in range(16)):
         inputs, targets = example["inputs"], example["targets"]
-        value_of = dict(zip(inputs[0:16:2].tolist(), inputs[1:16:2].tolist()))
+        value_of = dict(zip(inputs[0:16:2].tolist(), inputs[1:16:2].tolist(), strict=True))
         query_positions = np.flatnonzero(targets != IGNORE_INDEX)
         assert sorted(inputs[query_positions].tolist()) == sorted(value_of)
         assert all(targets[t] == value_of[inputs[t]] for t in query_positions)

@@ -34,7 +34,8 @@ def test_ten_steps_then_restore_then_ten_more_equal_twenty_steps_bit_for_bit(uni
     assert [h["step"] for h in second.history] == list(range(11, 21))
     _assert_same_params(second.state.params, uninterrupted.state.params)
     _assert_same_params(second.state.opt_state, uninterrupted.state.opt_state)
-    for resumed, straight in zip(first.history + second.history, uninterrupted.history):
+    for resumed, straight in zip(first.history + second.history, uninterrupted.history,
+                                 strict=True):
         for name in ("loss", "accuracy", "grad_norm", "lr"):
             assert resumed[name] == straight[name], (resumed["step"], name)
 
@@ -114,7 +115,7 @@ def test_wsm_merges_the_last_saved_checkpoints_with_the_decay_coefficients(tmp_p
     assert steps == [2, 4, 6, 8]
     saved = [ckpt.load_params(str(tmp_path / "checkpoints"), s) for s in steps]
     c = [0.0, 0.4, 0.4, 0.2]
-    expected = jax.tree.map(lambda *xs: sum(ci * x for ci, x in zip(c, xs)), *saved)
+    expected = jax.tree.map(lambda *xs: sum(ci * x for ci, x in zip(c, xs, strict=True)), *saved)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
                  merged, expected)
     _assert_same_params(saved[-1], result.state.params)

@@ -65,7 +65,7 @@ def test_merged_checkpoints_equal_sgd_with_the_decay_applied_to_each_block(shape
     merged = schedules.merge_checkpoints(window, w)
     for name in theta:
         blocks = [window[i - 1][name] - window[i][name] for i in range(1, 5)]
-        expected = window[0][name] - sum(w_i * g_i for w_i, g_i in zip(w, blocks))
+        expected = window[0][name] - sum(w_i * g_i for w_i, g_i in zip(w, blocks, strict=True))
         np.testing.assert_allclose(np.asarray(merged[name]), expected, rtol=1e-5, atol=1e-6)
         assert not np.allclose(expected, window[-1][name])  # the merge is not the last one
 

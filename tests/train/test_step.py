@@ -5,7 +5,6 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from deltajax.train import loss, step
 from deltajax.train.config import merge_with_defaults
@@ -15,7 +14,7 @@ from tests.train.helpers import MODEL, TRAIN_SOURCE, VOCAB, tiny_config
 BATCH = {k: np.stack([TRAIN_SOURCE[i][k] for i in range(8)]) for k in ("inputs", "targets")}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _setup(accum=1, dtype="float32"):
     config = merge_with_defaults(tiny_config(grad_accum_steps=accum, compute_dtype=dtype))
     tx, schedule = make_optimizer(config)
