@@ -16,6 +16,7 @@ run: $(STAMP)
 	$(VENV)/bin/python -m experiments.mqar --config=configs/mqar.py:cpu --workdir=runs/mqar-cpu
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest -q tests --nbmake notebooks
 
 # Not one of the two set-up commands: compares the backends on this machine (GPU: H100 preset).
