@@ -111,6 +111,24 @@ def median_seconds(fn: Callable, *args, repeats: int = 5, warmup: int = 1) -> fl
     return statistics.median(times)
 
 
+def interleaved_medians(fns: dict, *args, repeats: int = 5) -> dict:
+    """Median wall seconds of each fns[name](*args), timed in rounds of one call each, the order
+    rotating, so that a slow spell of the machine hits every candidate alike. Each function is
+    called once untimed first (it compiles)."""
+    if repeats < 1:
+        raise ValueError(f"interleaved_medians: repeats must be >= 1, got {repeats}")
+    for fn in fns.values():
+        jax.block_until_ready(fn(*args))
+    names = list(fns)
+    times = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            start = time.perf_counter()
+            jax.block_until_ready(fns[name](*args))
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def check_config(config: ml_collections.ConfigDict, study: str) -> None:
     """Raises a ValueError naming what breaks the shared shape: the top-level keys, unique run
     names, and every run's overrides naming existing fields."""

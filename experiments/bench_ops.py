@@ -9,17 +9,14 @@ outputs + temporaries), which is what the backward's residuals drive.
 """
 
 import dataclasses
-import datetime
 import os
-import statistics
-import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+from deltajax import study
 from deltajax.ops import Backend, delta_rule, parse_backend
 
 PRESETS = {
@@ -60,16 +57,6 @@ def make_inputs(B, T, H, D, dtype, seed=0):
     return tuple(jnp.asarray(x, dtype) for x in arrays)
 
 
-def median_seconds(fn, args, repeats):
-    jax.block_until_ready(fn(*args))   # compile and warm up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def peak_mib(jitted, args):
     stats = jitted.lower(*args).compile().memory_analysis()
     total = (stats.argument_size_in_bytes + stats.output_size_in_bytes
@@ -88,8 +75,9 @@ def measure(backend, T, *, B, H, D, dtype, chunk_size, repeats) -> Row:
 
     forward_jit = jax.jit(forward)
     train_jit = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3)))
-    return Row(T, backend, 1e3 * median_seconds(forward_jit, args, repeats),
-               1e3 * median_seconds(train_jit, args, repeats), peak_mib(train_jit, args))
+    forward_ms = 1e3 * study.median_seconds(forward_jit, *args, repeats=repeats)
+    train_ms = 1e3 * study.median_seconds(train_jit, *args, repeats=repeats)
+    return Row(T, backend, forward_ms, train_ms, peak_mib(train_jit, args))
 
 
 def to_markdown(rows, *, header, command) -> str:
@@ -118,13 +106,10 @@ def main(argv):
     repeats = FLAGS.repeats or preset["repeats"]
     platform = jax.default_backend()
     out = FLAGS.out or os.path.join(preset["out_dir"], f"{platform}-ops.md")
-    device = jax.devices()[0]
-    device_kind = f"{os.cpu_count()}-core CPU" if platform == "cpu" else device.device_kind
     B, H, D = FLAGS.batch, FLAGS.heads, FLAGS.head_dim
     header = (f"# delta_rule backends on {platform}\n\n"
-              f"{datetime.date.today().isoformat()}, device: {device_kind} "
-              f"({jax.device_count()} x {platform}), JAX {jax.__version__}. "
-              f"B={B}, H={H}, K=V={D}, {FLAGS.dtype}, chunk_size={FLAGS.chunk_size}, "
+              f"{study.measured_on()} B={B}, H={H}, K=V={D}, {FLAGS.dtype}, "
+              f"chunk_size={FLAGS.chunk_size}, "
               f"L2-normalised k, beta in [0, 1]; medians of {repeats} calls.")
 
     backends = [parse_backend(b, "--backends").value for b in FLAGS.backends]
@@ -137,8 +122,7 @@ def main(argv):
                   f"fwd+bwd {rows[-1].train_ms:9.2f} ms  peak {rows[-1].train_peak_mib:8.1f} MiB",
                   flush=True)
 
-    command = "python experiments/bench_ops.py " + " ".join(sys.argv[1:])
-    table = to_markdown(rows, header=header, command=command.strip())
+    table = to_markdown(rows, header=header, command=study.command_line("experiments.bench_ops"))
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     with open(out, "w") as f:
         f.write(table)

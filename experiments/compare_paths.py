@@ -19,12 +19,10 @@ so a tuning run is one command per choice:
 """
 
 import dataclasses
-import datetime
 import functools
 import os
 import re
 import statistics
-import sys
 import time
 from typing import Optional
 
@@ -33,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+from deltajax import study
 from deltajax.ops import delta_rule
 from pallas_kernels.block_sizes import BlockSizes
 
@@ -101,13 +100,7 @@ def _functions(backend, cfg: Config, block_sizes: Optional[BlockSizes] = None):
 
 
 def median_ms(fn, *args, repeats):
-    jax.block_until_ready(fn(*args))   # compile and warm up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+    return 1e3 * study.median_seconds(fn, *args, repeats=repeats)
 
 
 def chunked_flops(cfg: Config) -> tuple[float, float]:
@@ -371,9 +364,8 @@ def main(argv):
     target = "" if platform in ("gpu", "tpu") else " (Pallas in interpret mode on CPU)"
     device = jax.devices()[0].device_kind if platform != "cpu" else f"{os.cpu_count()}-core CPU"
     header = (f"# Scan vs Pallas paths on {device}{target}\n\n"
-              f"{datetime.date.today().isoformat()}, device: {device} ({jax.device_count()} x "
-              f"{platform}), JAX {jax.__version__}; medians of {repeats} calls after a warm-up.\n\n"
-              f"Command: `python experiments/compare_paths.py {' '.join(sys.argv[1:])}`")
+              f"{study.measured_on()} Medians of {repeats} calls after a warm-up.\n\n"
+              f"Command: `{study.command_line('experiments.compare_paths')}`")
     table = to_markdown(report, sweep, header=header, peak_tflops=peak)
     out = FLAGS.out or os.path.join("benchmarks/results", f"{device_name()}-paths.md")
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)

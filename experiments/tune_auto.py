@@ -12,19 +12,16 @@ Writes the package's table (deltajax/ops/auto_table.py: rows of other platforms 
 benchmarks/results/<platform>-auto.md with the timings, the choices, and how they were measured.
 """
 
-import datetime
 import os
 import pprint
 import runpy
-import statistics
-import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+from deltajax import study
 from deltajax.ops import Backend, delta_rule
 from deltajax.ops.backend import AutoRow
 
@@ -66,20 +63,6 @@ def jitted(path: str, chunk, differentiated: bool):
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3)))
 
 
-def interleaved_medians(fns: dict, args, repeats: int) -> dict:
-    """Median seconds per function; one call of each per round, the order rotating."""
-    for fn in fns.values():
-        jax.block_until_ready(fn(*args))  # compile and warm up
-    names = list(fns)
-    times = {name: [] for name in names}
-    for r in range(repeats):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            start = time.perf_counter()
-            jax.block_until_ready(fns[name](*args))
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
 def label(path: str, chunk) -> str:
     return path if chunk is None else f"{path} {chunk}"
 
@@ -92,7 +75,7 @@ def measure(platform, *, seq_lens, head_dims, chunks, B, H, repeats, recurrent_g
             for T in seq_lens:
                 cands = candidates(T, chunks, differentiated, recurrent_grad_max)
                 fns = {c: jitted(*c, differentiated) for c in cands}
-                medians = interleaved_medians(fns, make_inputs(B, T, H, K), repeats)
+                medians = study.interleaved_medians(fns, *make_inputs(B, T, H, K), repeats=repeats)
                 path, chunk = min(medians, key=medians.get)
                 rows.append(AutoRow(platform, differentiated, K, T, path, chunk))
                 timings[differentiated, K, T] = {label(*c): 1e3 * s for c, s in medians.items()}
@@ -181,14 +164,11 @@ def main(argv):
                             B=FLAGS.batch, H=FLAGS.heads, repeats=FLAGS.repeats,
                             recurrent_grad_max=FLAGS.recurrent_grad_max_seq_len)
 
-    device = jax.devices()[0]
-    device_kind = f"{os.cpu_count()}-core CPU" if platform == "cpu" else device.device_kind
     header = (f"# backend=\"auto\" on {platform}: measured choices\n\n"
-              f"{datetime.date.today().isoformat()}, device: {device_kind} "
-              f"({jax.device_count()} x {platform}), JAX {jax.__version__}. "
-              f"B={FLAGS.batch}, H={FLAGS.heads}, float32, L2-normalised k, beta in [0, 1]; "
+              f"{study.measured_on()} B={FLAGS.batch}, H={FLAGS.heads}, float32, "
+              f"L2-normalised k, beta in [0, 1]; "
               f"candidates interleaved, medians of {FLAGS.repeats} calls after a warm-up.")
-    command = "python -m experiments.tune_auto " + " ".join(sys.argv[1:])
+    command = study.command_line("experiments.tune_auto")
     md_out = FLAGS.md_out or os.path.join(REPO, "benchmarks", "results", f"{platform}-auto.md")
     write_table(FLAGS.table_out, platform, rows)
     os.makedirs(os.path.dirname(md_out) or ".", exist_ok=True)

@@ -2,6 +2,7 @@
 runner's skip and resume, the report files, median timing. A fake train_fn keeps these free of
 compiles; the study tests train real smoke runs through the same runner."""
 
+import functools
 import json
 import os
 
@@ -137,3 +138,15 @@ def test_median_seconds_times_the_calls_after_warmup():
     assert calls == [3] * 5 and 0 <= seconds < 1
     with pytest.raises(ValueError, match="repeats"):
         study.median_seconds(lambda: None, repeats=0)
+
+
+def test_interleaved_medians_rotate_the_order_of_the_candidates():
+    calls = []
+    fns = {name: functools.partial(lambda name, x: calls.append(name) or x, name)
+           for name in "abc"}
+    medians = study.interleaved_medians(fns, 1, repeats=3)
+    assert set(medians) == set("abc") and all(0 <= s < 1 for s in medians.values())
+    # One untimed call each, then rounds a b c, b c a, c a b.
+    assert "".join(calls) == "abc" + "abc" + "bca" + "cab"
+    with pytest.raises(ValueError, match="repeats"):
+        study.interleaved_medians(fns, 1, repeats=0)
