@@ -21,8 +21,8 @@ test: $(STAMP)
 
 # Not one of the two set-up commands: compares the backends on this machine (GPU: H100 preset).
 bench: $(STAMP)
-	$(VENV)/bin/python experiments/compare_paths.py
+	$(VENV)/bin/python -m experiments.compare_paths
 
 # Times the op backends on this machine at small sizes (make run before the MQAR study).
 bench-ops: $(STAMP)
-	$(VENV)/bin/python experiments/bench_ops.py --preset=small
+	$(VENV)/bin/python -m experiments.bench_ops --preset=small
