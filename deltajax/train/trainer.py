@@ -18,7 +18,7 @@ import numpy as np
 from deltajax.data import make_dataset, make_iterator
 from deltajax.train import checkpoint as ckpt
 from deltajax.train import logging as tb
-from deltajax.train import sharding
+from deltajax.train import resume, sharding
 from deltajax.train import step as step_lib
 from deltajax.train.config import merge_with_defaults, validate_config
 from deltajax.train.evaluate import evaluate
@@ -58,8 +58,8 @@ def fit(config, model: nn.Module, train_source: Sequence, workdir: str, *,
 
     state_sharding, state = init_sharded_state(config, model, tx, mesh,
                                                np.asarray(train_source[0]["inputs"]))
-    managers = _managers(config, workdir)
-    state = _resume(config, managers, state, data_iter)
+    managers = resume.make_managers(config, workdir)
+    state = resume.resume(config, managers, state, data_iter)
     start = int(state.step)
 
     pmap = config.mesh.parallelism == "pmap"
@@ -173,32 +173,6 @@ def init_sharded_state(config, model, tx, mesh, example_inputs_T):
     rng = jax.random.PRNGKey(config.seed)
     state_sharding = sharding.tree_shardings(jax.eval_shape(init, rng), mesh)
     return state_sharding, jax.jit(init, out_shardings=state_sharding)(rng)
-
-
-def _managers(config, workdir) -> dict:
-    managers = {}
-    if config.checkpoint.every_steps:
-        managers["last"] = ckpt.make_manager(os.path.join(workdir, "checkpoints"), config)
-    if config.checkpoint.best_metric:
-        managers["best"] = ckpt.make_manager(os.path.join(workdir, "checkpoints_best"), config,
-                                             best=True)
-    return managers
-
-
-def _resume(config, managers, state, data_iter):
-    """The latest checkpoint of this run, else of config.checkpoint.restore_dir, else state."""
-    abstract = ckpt.abstract_like(state)
-    restored = None
-    if "last" in managers:
-        restored = ckpt.restore_latest(managers["last"], abstract, data_iter)
-    if restored is None and config.checkpoint.restore_dir:
-        other = ckpt.make_manager(config.checkpoint.restore_dir, config)
-        restored = ckpt.restore_latest(other, abstract, data_iter)
-        other.close()
-        if restored is None:
-            raise ValueError(f"config.checkpoint.restore_dir={config.checkpoint.restore_dir!r} "
-                             "holds no restorable checkpoint")
-    return state if restored is None else restored
 
 
 def train_and_evaluate(config, workdir: str, *, model: Optional[nn.Module] = None,
