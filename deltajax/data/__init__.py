@@ -1,8 +1,9 @@
 """grain sources and the pipeline that batches, shards and resumes them."""
 
+from deltajax.data.in_memory import InMemoryIterator
 from deltajax.data.mqar import MQARSource
 from deltajax.data.pipeline import iterator_from_config, make_dataset, make_iterator
 from deltajax.data.synthetic import IGNORE_INDEX, CopySource
 
-__all__ = ["CopySource", "IGNORE_INDEX", "MQARSource", "iterator_from_config", "make_dataset",
-           "make_iterator"]
+__all__ = ["CopySource", "IGNORE_INDEX", "InMemoryIterator", "MQARSource", "iterator_from_config",
+           "make_dataset", "make_iterator"]

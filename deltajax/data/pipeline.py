@@ -3,13 +3,16 @@
 Order of operations: shuffle (seeded, a new permutation each epoch) -> repeat -> this host's
 slice [process_index::process_count] -> batch -> prefetch threads. Batch s is a pure function
 of (source, seed, s), and the iterator's state (one index) is checkpointed with the model.
+config.data.in_memory swaps in deltajax.data.in_memory, which yields the same batches.
 """
 
 from collections.abc import Sequence
 from typing import Optional
 
 import grain
-import jax
+
+from deltajax.data.hosts import check_batching, host_slice
+from deltajax.data.in_memory import InMemoryIterator
 
 
 def make_dataset(source: Sequence, *, seed: int, global_batch_size: int, shuffle: bool = True,
@@ -18,14 +21,8 @@ def make_dataset(source: Sequence, *, seed: int, global_batch_size: int, shuffle
     """A MapDataset whose element s is this host's rows of global batch s (dict of [B_host, ...]).
 
     num_epochs None repeats forever; process_index/count default to JAX's."""
-    process_index = jax.process_index() if process_index is None else process_index
-    process_count = jax.process_count() if process_count is None else process_count
-    if global_batch_size < 1 or global_batch_size % process_count:
-        raise ValueError(f"global_batch_size={global_batch_size} must be a positive multiple of "
-                         f"the {process_count} processes")
-    if len(source) < global_batch_size:
-        raise ValueError(f"the source has {len(source)} examples, fewer than one global batch "
-                         f"of global_batch_size={global_batch_size}")
+    process_index, process_count = host_slice(process_index, process_count)
+    check_batching(len(source), global_batch_size, process_count)
     ds = grain.MapDataset.source(source)
     if shuffle:
         ds = ds.shuffle(seed=seed)
@@ -42,8 +39,14 @@ def make_iterator(dataset: grain.MapDataset, *, prefetch_threads: int = 2,
 
 
 def iterator_from_config(source: Sequence, config) -> grain.DatasetIterator:
-    """make_iterator(make_dataset(...)) with the trainer config's seed, batch and data fields."""
-    dataset = make_dataset(source, seed=config.seed, global_batch_size=config.global_batch_size,
-                           shuffle=config.data.shuffle, num_epochs=config.data.num_epochs)
-    return make_iterator(dataset, prefetch_threads=config.data.prefetch_threads,
-                         prefetch_buffer=config.data.prefetch_buffer)
+    """The train iterator of a (merged) trainer config: its seed, global batch and data fields.
+
+    config.data.in_memory picks InMemoryIterator, else make_iterator(make_dataset(...)); both
+    yield the same batches and checkpoint the same state."""
+    d = config.data
+    kwargs = dict(seed=config.seed, global_batch_size=config.global_batch_size,
+                  shuffle=d.shuffle, num_epochs=d.num_epochs)
+    if d.in_memory:
+        return InMemoryIterator(source, **kwargs)
+    return make_iterator(make_dataset(source, **kwargs), prefetch_threads=d.prefetch_threads,
+                         prefetch_buffer=d.prefetch_buffer)
