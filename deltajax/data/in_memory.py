@@ -2,13 +2,14 @@
 order and checkpoint state of pipeline.make_dataset, without grain's per-example work.
 
 make_dataset's batch s (shuffle(seed) -> repeat(num_epochs) -> [process_index::process_count] ->
-batch) passes each of its B / process_count examples through grain one at a time, which costs
-~0.2 s for the 3,831 examples of a full-batch grokking step. Here the source is stacked once and
-batch s is one fancy index into it. The positions are the same arithmetic, and the permutation of
-each epoch is grain's own (a shuffled grain.MapDataset.range, read once per epoch), so the rows
-match grain's row for row. The state is grain's too ({"next_index": batches returned}), so
-grain.checkpoint.CheckpointSave/Restore save and restore it, and a checkpoint written by either
-path restores into the other.
+batch) passes each of its B / process_count examples through grain one at a time: 81 ms for the
+3,831 examples of a full-batch grokking step on a busy 2-core CPU, 0.4 ms here, where the source
+is stacked once and batch s is one fancy index into it. The positions are the same arithmetic, and
+each epoch's permutation is grain's own (a shuffled grain.MapDataset.range, read once per epoch:
+~15 us per example, paid by the epoch's first batch), so the rows match grain's row for row.
+The state is grain's too ({"next_index": batches returned}): grain.checkpoint.CheckpointSave and
+CheckpointRestore save and restore it, and a checkpoint written by either path restores into the
+other.
 """
 
 from collections.abc import Sequence
