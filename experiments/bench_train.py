@@ -6,6 +6,8 @@
 Each device count runs in its own process, because the CPU device count must be set before JAX
 starts. The step is deltajax.train's (AdamW, clipping, masked loss) over a data-parallel mesh;
 reported: the median wall time of --steps steps after --warmup, and global tokens / that time.
+With --loop=fit the time of a step is fit's step_time_s: the interval between two steps' results
+on the host, which includes what the loop does besides the step.
 """
 
 import datetime
@@ -33,6 +35,9 @@ flags.DEFINE_integer("num_layers", 2, "deltanet layers.")
 flags.DEFINE_integer("num_heads", 2, "deltanet heads.")
 flags.DEFINE_enum("backend", "auto", ["auto", "recurrent", "chunked"],
                   "deltanet delta_rule backend.")
+flags.DEFINE_enum("loop", "step", ["step", "fit"],
+                  "step: the jitted step alone, waited on every step; fit: deltajax.train.fit's "
+                  "loop around it (grain batches, metric reads, logs; no checkpoints).")
 flags.DEFINE_integer("steps", 10, "Timed steps.")
 flags.DEFINE_integer("warmup", 2, "Untimed steps first (compilation).")
 flags.DEFINE_integer("worker_timeout", 900, "Seconds before a device count's run counts as hung.")
@@ -70,8 +75,10 @@ def time_steps(num_devices: int) -> dict:
     validate_config(config, num_devices=len(devices), num_processes=1)
     mesh = sharding.make_mesh(config, devices)
     model = build_model()
-    tx, schedule = make_optimizer(config)
     source = CopySource(FLAGS.batch * 4, FLAGS.seq_len, FLAGS.vocab)
+    if FLAGS.loop == "fit":
+        return time_fit(config, model, source, devices)
+    tx, schedule = make_optimizer(config)
     dataset = make_dataset(source, seed=0, global_batch_size=FLAGS.batch)
     state_sharding, state = init_sharded_state(config, model, tx, mesh, source[0]["inputs"])
     train = step_lib.jit_train_step(config, model=model, tx=tx, schedule=schedule,
@@ -92,6 +99,26 @@ def time_steps(num_devices: int) -> dict:
             "params": sum(x.size for x in jax.tree.leaves(state.params))}
 
 
+def time_fit(config, model, source, devices) -> dict:
+    """Median step_time_s of fit's history after the warm-up steps (no checkpoints, no bar)."""
+    import tempfile
+
+    import jax
+
+    from deltajax.train import fit
+
+    config.checkpoint.every_steps = 0
+    config.logging.progress_bar = False
+    config.logging.every_steps = config.num_steps
+    with tempfile.TemporaryDirectory() as workdir:
+        result = fit(config, model, source, workdir, devices=devices)
+    median = statistics.median(h["step_time_s"] for h in result.history[FLAGS.warmup:])
+    return {"devices": len(devices), "platform": devices[0].platform, "median_s": median,
+            "tokens_per_s": FLAGS.batch * FLAGS.seq_len / median, "jax": jax.__version__,
+            "loss": result.history[-1]["loss"],
+            "params": sum(x.size for x in jax.tree.leaves(result.state.params))}
+
+
 # A collective that never completes aborts the worker after a minute instead of hanging it.
 # (DeltaNet on 8 devices once hung here: jaxlib's LAPACK triangular solve waited on the
 # intra-op thread pool that the other devices held in the all-reduce; deltajax.ops.chunked
@@ -106,7 +133,7 @@ def run_worker(num_devices: int) -> dict:
     args = [sys.executable, os.path.abspath(__file__), f"--worker_devices={num_devices}"]
     args += [f"--{name}={FLAGS[name].value}" for name in
              ("model", "backend", "batch", "seq_len", "vocab", "d_model", "num_layers", "num_heads",
-              "steps", "warmup")]
+              "steps", "warmup", "loop")]
     env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {CPU_FLAGS}"}
     try:
         result = subprocess.run(args, capture_output=True, text=True, cwd=REPO, env=env,
@@ -133,11 +160,12 @@ def section(rows: list, command: str) -> str:
     if FLAGS.model == "deltanet":
         shapes += (f", {FLAGS.num_layers} layers, {FLAGS.num_heads} heads, SwiGLU MLP, "
                    f"backend={FLAGS.backend}")
-    lines = [f"## model={FLAGS.model}", "",
+    timed = "the fit loop (its step_time_s)" if FLAGS.loop == "fit" else "the jitted step"
+    lines = [f"## {_section_name()}", "",
              f"{datetime.date.today()}, device: {os.cpu_count()}-core {platform.machine()} "
              f"{first['platform'].upper()}, JAX {first['jax']}. {shapes}; AdamW + clipping, "
-             f"float32, jit over a data-parallel mesh; medians of {FLAGS.steps} steps after "
-             f"{FLAGS.warmup} warm-up steps. The 8 CPU devices are virtual "
+             f"float32, jit over a data-parallel mesh; {timed}, medians of {FLAGS.steps} steps "
+             f"after {FLAGS.warmup} warm-up steps. The 8 CPU devices are virtual "
              "(`jax_num_cpu_devices=8`) and share the same cores.", "",
              f"Command: `{command}`", "",
              "| devices | median step ms | tokens/s |", "|---:|---:|---:|"]
@@ -150,13 +178,17 @@ def section(rows: list, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _section_name() -> str:
+    return f"model={FLAGS.model}" + (", loop=fit" if FLAGS.loop == "fit" else "")
+
+
 def write_section(path: str, platform_name: str, text: str) -> None:
     """Replace this model's section of the results file, keeping the other models'."""
     sections = {}
     if os.path.exists(path):
         for part in open(path).read().split("\n## ")[1:]:
             sections[part.split("\n", 1)[0]] = "## " + part.rstrip("\n") + "\n"
-    sections[f"model={FLAGS.model}"] = text
+    sections[_section_name()] = text
     body = "\n".join(sections[k] for k in sorted(sections))
     with open(path, "w") as f:
         f.write(f"# Training step on {platform_name}\n\n{body}")

@@ -2,6 +2,7 @@
 
 import os
 import sys
+import time
 from typing import Optional
 
 import jax
@@ -11,9 +12,16 @@ from tensorboardX import SummaryWriter
 from tensorboardX.summary import hparams
 
 
-def make_writer(logdir: str) -> Optional[SummaryWriter]:
-    """A SummaryWriter on process 0; None elsewhere, so hosts don't write duplicate events."""
-    return SummaryWriter(logdir) if jax.process_index() == 0 else None
+def make_writer(logdir: str, purge_step: Optional[int] = None) -> Optional[SummaryWriter]:
+    """A SummaryWriter on process 0; None elsewhere, so hosts don't write duplicate events.
+
+    purge_step (a resumed run's first step): readers (TensorBoard) discard the events of that
+    step and later ones written before, by a run that went past its last checkpoint."""
+    if jax.process_index() != 0:
+        return None
+    # tensorboardX names files by the second: a unique suffix keeps a writer opened in the same
+    # second (a quick resume) from overwriting the last one's file, and sorts after it.
+    return SummaryWriter(logdir, purge_step=purge_step, filename_suffix=f".{time.time_ns()}")
 
 
 def write_scalars(writer: Optional[SummaryWriter], step: int, scalars: dict) -> None:

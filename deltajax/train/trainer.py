@@ -14,32 +14,40 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from deltajax.data import make_dataset, make_iterator
-from deltajax.train import checkpoint as ckpt
+from deltajax.train import guards, preemption, resume, sharding
 from deltajax.train import logging as tb
-from deltajax.train import resume, sharding
 from deltajax.train import step as step_lib
 from deltajax.train.config import merge_with_defaults, validate_config
 from deltajax.train.evaluate import evaluate
 from deltajax.train.optimizer import make_optimizer
+from deltajax.train.run_record import RunRecord
+from deltajax.train.saver import Saver
 
 
 class FitResult(NamedTuple):
     state: step_lib.TrainState   # final state (replicated over the mesh)
-    history: list                # one dict of host floats per step run by this call
+    history: list                # one dict of host floats per step run by this call (of the
+                                 # whole run when it had finished before this call)
     eval_metrics: dict           # the last evaluation ({} if none)
-    eval_history: list = []      # {"step", "eval/..."} per evaluation of this call
+    eval_history: list = []      # {"step", "eval/..."} per evaluation of this call (or run)
     stopped_early: bool = False  # config.eval.early_stop_* was met
+    preempted: bool = False      # stopped by SIGTERM/SIGINT after saving; run again to resume
 
 
 def fit(config, model: nn.Module, train_source: Sequence, workdir: str, *,
         eval_source: Optional[Sequence] = None, devices: Optional[Sequence] = None,
         stop_at: Optional[int] = None) -> FitResult:
     """Train `model` on `train_source` for config.num_steps, resuming from workdir if it holds
-    a checkpoint. Writes workdir/checkpoints, workdir/tensorboard.
+    a checkpoint. Writes workdir/checkpoints, workdir/tensorboard and the run's metrics
+    (run_record). A run that finished (or stopped early) before returns its result untrained.
 
     stop_at ends this call after that step (as a preemption would); a later call resumes.
+    SIGTERM or SIGINT ends it after the current step, with a checkpoint, and preempted=True.
+    A non-finite loss, gradient norm or state raises FloatingPointError, a failed save
+    saver.SaveError; neither leaves a non-finite or partial checkpoint behind.
     devices defaults to every device of every host."""
     config = merge_with_defaults(config)
     sharding.maybe_initialize_distributed(config)
@@ -58,9 +66,18 @@ def fit(config, model: nn.Module, train_source: Sequence, workdir: str, *,
 
     state_sharding, state = init_sharded_state(config, model, tx, mesh,
                                                np.asarray(train_source[0]["inputs"]))
-    managers = resume.make_managers(config, workdir)
-    state = resume.resume(config, managers, state, data_iter)
+    saver = Saver(resume.make_managers(config, workdir))
+    try:
+        state = resume.resume(config, saver.managers, state, data_iter)
+    except BaseException:
+        saver.close(raise_errors=False)
+        raise
     start = int(state.step)
+    record = RunRecord(workdir, start)
+    done = _finished_result(config, state, start, record)
+    if done is not None:
+        saver.close(raise_errors=True)
+        return done
 
     pmap = config.mesh.parallelism == "pmap"
     if pmap:
@@ -75,72 +92,151 @@ def fit(config, model: nn.Module, train_source: Sequence, workdir: str, *,
                                            batch_sharding=sharding.batch_sharding(mesh))
     eval_fn = jax.jit(functools.partial(step_lib.eval_step, model=model,
                                         compute_dtype=config.compute_dtype))
-    writer = tb.make_writer(os.path.join(workdir, "tensorboard"))
+    # Resuming after an earlier call logged steps past this checkpoint (it was killed, or
+    # stopped between checkpoints), readers drop those steps, so that each is seen once.
+    writer = tb.make_writer(os.path.join(workdir, "tensorboard"),
+                            purge_step=start + 1 if start and record.logged_past_start else None)
     if start == 0:
         tb.write_config(writer, config)
     end = config.num_steps if stop_at is None else min(stop_at, config.num_steps)
     bar = tb.progress_bar(config.num_steps, start, config.logging.progress_bar)
-    history, eval_metrics, eval_history, stopped_early = [], {}, [], False
+    steps = _StepLog(config, writer, bar, record, end, pmap)
+    eval_metrics, eval_history, stopped_early, preempted = {}, [], False, False
+    failed = True
     try:
-        last_time = time.perf_counter()
-        for step in range(start + 1, end + 1):
-            host_batch = next(data_iter)
-            if pmap:
-                state, metrics = train_fn(state, sharding.split_for_pmap(host_batch, len(local)))
-                metrics = jax.tree.map(lambda x: x[0], metrics)
-            else:
-                state, metrics = train_fn(state, sharding.shard_batch(host_batch, mesh))
-            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            now = time.perf_counter()
-            metrics["step_time_s"] = now - last_time
-            metrics["tokens_per_s"] = config.global_batch_size * host_batch["inputs"].shape[1] / (
-                now - last_time)
-            last_time = now
-            if not np.isfinite(metrics["loss"]) or not np.isfinite(metrics["grad_norm"]):
-                raise FloatingPointError(f"step {step}: loss={metrics['loss']}, grad_norm="
-                                         f"{metrics['grad_norm']}; the last checkpoint is kept")
-            history.append({"step": step, **metrics})
-            bar.update(1)
-            bar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
-            if step % config.logging.every_steps == 0 or step == end:
-                tb.write_scalars(writer, step, {f"train/{k}": v for k, v in metrics.items()
-                                                if k != "tokens"})
-            canonical = _Lazy(lambda s=state: _unreplicate(s) if pmap else s)
-            hist_every = config.logging.histogram_every_steps
-            if hist_every and step % hist_every == 0:
-                tb.write_histograms(writer, step, canonical().params)
-            if eval_source is not None and _due(step, config.eval.every_steps, config.num_steps):
-                eval_metrics = evaluate(config, eval_fn, canonical().params, eval_source,
-                                        None if pmap else mesh)
-                tb.write_scalars(writer, step, eval_metrics)
-                eval_history.append({"step": step, **eval_metrics})
-                if managers.get("best") is not None:
-                    ckpt.save(managers["best"], step, canonical(), None, eval_metrics)
-                stopped_early = _early_stop(config.eval, eval_metrics)
-            if "last" in managers and (stopped_early or
-                                       _due(step, config.checkpoint.every_steps, end)):
-                ckpt.save(managers["last"], step, canonical(), data_iter)
-            if stopped_early:
-                break
-    finally:  # pending async saves complete even when training stops on an error
+        with preemption.Watcher() as watcher:
+            for step in range(start + 1, end + 1):
+                saver.check()
+                host_batch = next(data_iter)
+                if pmap:
+                    state, metrics = train_fn(state, sharding.split_for_pmap(host_batch,
+                                                                             len(local)))
+                else:
+                    state, metrics = train_fn(state, sharding.shard_batch(host_batch, mesh))
+                # Read the previous step's metrics while this one runs: the host waits for
+                # the device only on steps that evaluate, save or end.
+                steps.read_pending()
+                steps.add(step, metrics, host_batch["inputs"].shape[1])
+                preempted = watcher.reached(step)
+                save_due = "last" in saver and (
+                    preempted or _due(step, config.checkpoint.every_steps, end))
+                eval_due = eval_source is not None and _due(step, config.eval.every_steps,
+                                                            config.num_steps)
+                if save_due or eval_due or preempted or step == end:
+                    steps.read_pending()
+                canonical = _Lazy(lambda s=state: _unreplicate(s) if pmap else s)
+                # Whatever is saved at this step is checked first, once.
+                check_finite = _Lazy(lambda s=step, c=canonical: guards.check_state(s, c()))
+                hist_every = config.logging.histogram_every_steps
+                if hist_every and step % hist_every == 0:
+                    tb.write_histograms(writer, step, canonical().params)
+                if eval_due:
+                    eval_metrics = evaluate(config, eval_fn, canonical().params, eval_source,
+                                            None if pmap else mesh)
+                    tb.write_scalars(writer, step, eval_metrics)
+                    eval_history.append({"step": step, **eval_metrics})
+                    if "best" in saver:
+                        check_finite()
+                        saver.save("best", step, canonical(), None, eval_metrics)
+                    stopped_early = _early_stop(config.eval, eval_metrics)
+                if save_due or ("last" in saver and stopped_early):
+                    check_finite()
+                    saver.save("last", step, canonical(), data_iter)
+                    record.write(step, eval_history, eval_metrics, stopped_early)
+                if preempted:
+                    _stop_for_preemption(saver, writer, watcher.signal_name, step)
+                if stopped_early or preempted:
+                    break
+        if steps.history:
+            record.write(steps.history[-1]["step"], eval_history, eval_metrics, stopped_early,
+                         ended=True)
+        failed = False
+    finally:  # pending async saves of finite states complete even when training stops
         bar.close()
-        for manager in managers.values():
-            manager.wait_until_finished()
-            manager.close()
-        if writer is not None:
-            writer.close()
-    return FitResult(_unreplicate(state) if pmap else state, history, eval_metrics, eval_history,
-                     stopped_early)
+        try:
+            saver.close(raise_errors=not failed)
+        finally:
+            if writer is not None:
+                writer.close()
+    return FitResult(_unreplicate(state) if pmap else state, steps.history, eval_metrics,
+                     eval_history, stopped_early, preempted)
+
+
+def _stop_for_preemption(saver: Saver, writer, signal_name: str, step: int) -> None:
+    """The save of `step` on disk and the logs flushed, before fit returns."""
+    if writer is not None:
+        writer.flush()
+    if "last" not in saver:
+        logging.warning("%s: stopped after step %d; config.checkpoint.every_steps=0, so nothing "
+                        "was saved", signal_name, step)
+        return
+    saver.wait()
+    logging.warning("%s: stopped after step %d and saved it in %s; run the same command again "
+                    "to resume from step %d", signal_name, step, saver.directory("last"), step)
+
+
+def _finished_result(config, state, start: int, record: RunRecord) -> Optional[FitResult]:
+    """The result of a run that had reached num_steps or stopped early, or None."""
+    summary = record.prior_summary or {}
+    eval_metrics = summary.get("eval_metrics", {})
+    early = (summary.get("stopped_early", False) and start > 0
+             and _early_stop(config.eval, eval_metrics))
+    if start < config.num_steps and not early:
+        return None
+    logging.info("the run in this workdir finished at step %d: returning its result", start)
+    return FitResult(state, record.prior_history, eval_metrics, record.prior_eval_history,
+                     bool(early))
+
+
+class _StepLog:
+    """Each step's metrics read from the device one step late, checked, logged and kept."""
+
+    def __init__(self, config, writer, bar, record: RunRecord, end: int, pmap: bool):
+        self._config, self._writer, self._bar, self._record = config, writer, bar, record
+        self._end, self._pmap = end, pmap
+        self._pending = None
+        self._last_time = time.perf_counter()
+        self.history = []
+
+    def add(self, step: int, metrics: dict, seq_len: int) -> None:
+        self._pending = (step, metrics, seq_len)
+
+    def read_pending(self) -> None:
+        """Wait for the pending step, check it is finite, then log it (no-op if none)."""
+        if self._pending is None:
+            return
+        step, metrics, seq_len = self._pending
+        self._pending = None
+        values = jax.device_get(metrics)
+        metrics = {k: float(np.ravel(v)[0]) if self._pmap else float(v)
+                   for k, v in values.items()}
+        # The interval between two steps' results: the device's step time once the loop runs
+        # ahead, with each save's, evaluation's and log's share included.
+        now = time.perf_counter()
+        metrics["step_time_s"] = now - self._last_time
+        metrics["tokens_per_s"] = self._config.global_batch_size * seq_len / (now - self._last_time)
+        self._last_time = now
+        guards.check_metrics(step, metrics)
+        entry = {"step": step, **metrics}
+        self.history.append(entry)
+        self._record.add(entry)
+        self._bar.update(1)
+        self._bar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
+        if step % self._config.logging.every_steps == 0 or step == self._end:
+            tb.write_scalars(self._writer, step, {f"train/{k}": v for k, v in metrics.items()
+                                                  if k != "tokens"})
 
 
 class _Lazy:
-    """The unreplicated state, computed once and only if a log, eval or save needs it."""
+    """A value computed once, and only if a log, eval or save needs it."""
+
+    _UNSET = object()
 
     def __init__(self, make):
-        self._make, self._value = make, None
+        self._make, self._value = make, self._UNSET
 
     def __call__(self):
-        if self._value is None:
+        if self._value is self._UNSET:
             self._value = self._make()
         return self._value
 

@@ -29,3 +29,37 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
             target = config[section]
         target[field] = value
     return config
+
+
+
+def nan_lr_at(step: int):
+    """A schedules.from_config (monkeypatch deltajax.train.schedules.from_config) whose
+    learning rate is NaN at `step` only: that step's loss and gradient are finite, the state
+    after it is not; the optimizer state's structure is the usual one."""
+    import jax.numpy as jnp
+
+    from deltajax.train import schedules
+
+    from_config = schedules.from_config
+
+    def make(config):
+        schedule = from_config(config)
+        return lambda count: jnp.where(count == step - 1, jnp.nan, schedule(count))
+
+    return make
+
+
+class CrashAt:
+    """TRAIN_SOURCE that raises when example `index` is read: a run killed mid-way (with
+    data__shuffle=False, example i is in the batch of step i // batch + 1)."""
+
+    def __init__(self, index: int):
+        self._index = index
+
+    def __len__(self):
+        return len(TRAIN_SOURCE)
+
+    def __getitem__(self, index):
+        if index == self._index:
+            raise RuntimeError(f"killed while reading example {index}")
+        return TRAIN_SOURCE[index]

@@ -11,7 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from deltajax.train import fit
 from deltajax.train import logging as tb
-from tests.train.helpers import EVAL_SOURCE, MODEL, TRAIN_SOURCE, tiny_config
+from tests.train.helpers import EVAL_SOURCE, MODEL, TRAIN_SOURCE, CrashAt, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -64,3 +64,19 @@ def test_the_progress_bar_is_silent_when_output_is_not_a_terminal(monkeypatch, c
     monkeypatch.delenv("CI")
     assert not tb.progress_bar(10, 0, enabled=True).disable
     assert tb.progress_bar(10, 0, enabled=False).disable
+
+
+def test_after_a_kill_and_resume_a_reader_sees_each_step_once(tmp_path):
+    # Killed while reading the batch of step 9: steps 6-7 (or 8) are logged, the last
+    # checkpoint is step 5.
+    config = tiny_config(num_steps=10, logging__every_steps=1, data__shuffle=False)
+    with pytest.raises(RuntimeError, match="killed"):
+        fit(config, MODEL, CrashAt(8 * 8), str(tmp_path), devices=jax.devices()[:1])
+    killed = EventAccumulator(str(tmp_path / "tensorboard")).Reload().Scalars("train/loss")
+    assert [e.step for e in killed][:7] == list(range(1, 8))
+    resumed = fit(config, MODEL, TRAIN_SOURCE, str(tmp_path), devices=jax.devices()[:1])
+    assert resumed.history[0]["step"] == 6
+    accumulator = EventAccumulator(str(tmp_path / "tensorboard")).Reload()
+    losses = accumulator.Scalars("train/loss")
+    assert [e.step for e in losses] == list(range(1, 11))
+    assert losses[6].value == np.float32(resumed.history[1]["loss"])  # the resumed step 7
