@@ -16,11 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from deltajax.data import make_dataset, make_iterator
-from deltajax.train import guards, preemption, resume, sharding
+from deltajax.data import iterator_from_config
+from deltajax.train import guards, preemption, preflight, resume, sharding
 from deltajax.train import logging as tb
 from deltajax.train import step as step_lib
-from deltajax.train.config import merge_with_defaults, validate_config
+from deltajax.train.config import merge_with_defaults
 from deltajax.train.evaluate import evaluate
 from deltajax.train.optimizer import make_optimizer
 from deltajax.train.run_record import RunRecord
@@ -52,17 +52,11 @@ def fit(config, model: nn.Module, train_source: Sequence, workdir: str, *,
     config = merge_with_defaults(config)
     sharding.maybe_initialize_distributed(config)
     devices = jax.devices() if devices is None else list(devices)
-    validate_config(config, num_devices=len(devices), num_processes=jax.process_count())
-    if len(train_source) < config.global_batch_size:
-        raise ValueError(f"train_source has {len(train_source)} examples, fewer than "
-                         f"config.global_batch_size={config.global_batch_size}")
+    preflight.check_run(config, model, train_source, eval_source, num_devices=len(devices),
+                        num_processes=jax.process_count())
     mesh = sharding.make_mesh(config, devices)
     tx, schedule = make_optimizer(config)
-    dataset = make_dataset(train_source, seed=config.seed,
-                           global_batch_size=config.global_batch_size,
-                           shuffle=config.data.shuffle, num_epochs=config.data.num_epochs)
-    data_iter = make_iterator(dataset, prefetch_threads=config.data.prefetch_threads,
-                              prefetch_buffer=config.data.prefetch_buffer)
+    data_iter = iterator_from_config(train_source, config)
 
     state_sharding, state = init_sharded_state(config, model, tx, mesh,
                                                np.asarray(train_source[0]["inputs"]))
