@@ -1,22 +1,40 @@
-"""orbax checkpoints of the train state and the grain iterator, with resume that skips damage.
+"""orbax checkpoints of the train state and the grain iterator, with a resume that tells a
+checkpoint that cannot be read from one that does not match the run.
 
 Saves go to a temporary directory that orbax renames when complete, and old steps are removed
 only after a newer one is complete, so a crash or failed save never loses a saved checkpoint.
-A step directory that cannot be restored (corrupt, half copied) is renamed aside, with a
-warning, and the previous step is used.
+On restore, a step whose saved tree, shapes or dtypes differ from the run's state (a changed
+model or optimizer config) stops the run with a ValueError and is never touched. A step that
+cannot be read (damaged, half copied) is skipped with a warning; once an older step restores,
+the skipped ones are renamed aside (never deleted) so that their step numbers can be saved
+again. When no step can be read, the run stops and nothing is renamed.
 """
 
 import os
+from collections.abc import Mapping
 from typing import Any, Optional
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from deltajax.train.schedules import merge_checkpoints
 
 CORRUPT_PREFIX = "corrupt_step_"
+ITEMS = ("state", "data")
+
+
+def _handlers() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
+    """The item handlers, registered up front so a fresh manager can read a step's metadata."""
+    registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+    for args in (ocp.args.StandardSave, ocp.args.StandardRestore):
+        registry.add("state", args)
+    for args in (grain.checkpoint.CheckpointSave, grain.checkpoint.CheckpointRestore):
+        registry.add("data", args)
+    return registry
 
 
 def make_manager(directory: str, config, *, best: bool = False) -> ocp.CheckpointManager:
@@ -28,41 +46,155 @@ def make_manager(directory: str, config, *, best: bool = False) -> ocp.Checkpoin
         best_fn=(lambda metrics: float(metrics[c.best_metric])) if best else None,
         best_mode=c.best_mode, keep_checkpoints_without_metrics=not best)
     return ocp.CheckpointManager(os.path.abspath(directory), options=options,
-                                 item_names=("state", "data"))
+                                 handler_registry=_handlers())
+
+
+def reader(directory: str) -> ocp.CheckpointManager:
+    """A read-only manager: restores from `directory` and never writes, renames or deletes."""
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
+    return ocp.CheckpointManager(os.path.abspath(directory), options=options,
+                                 handler_registry=_handlers())
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any,
          data_iterator: Optional[grain.DatasetIterator], metrics: Optional[dict] = None) -> None:
     """Start an (async) save of state and the iterator position; returns once arrays are copied
     off the devices, so training may go on and overwrite them."""
-    items = {"state": ocp.args.StandardSave(state)}
+    items = {"state": ocp.args.StandardSave(_global(state))}
     if data_iterator is not None:
         items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
     metrics = None if metrics is None else {k: float(v) for k, v in metrics.items()}
     manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
 
 
-def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
-                   data_iterator: Optional[grain.DatasetIterator]) -> Optional[Any]:
-    """The newest restorable state (arrays placed as abstract_state's shardings), or None.
+def _global(state: Any) -> Any:
+    """With several processes, arrays that live on this process's devices only (the pmap
+    loop's unreplicated state) become global arrays replicated over every process's devices:
+    orbax saves only global arrays. Every process holds the same values (pmap all-reduces)."""
+    if jax.process_count() == 1:
+        return state
+    replicated = NamedSharding(Mesh(np.asarray(jax.devices()), ("all",)), PartitionSpec())
 
-    data_iterator is moved to the saved position in place. Unrestorable steps are set aside."""
+    def to_global(x):
+        if isinstance(x, jax.Array) and x.is_fully_addressable:
+            return jax.make_array_from_process_local_data(replicated, np.asarray(x))
+        return x
+
+    return jax.tree.map(to_global, state)
+
+
+def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
+                   data_iterator: Optional[grain.DatasetIterator], *, set_aside: bool = True,
+                   name: Optional[str] = None) -> Optional[Any]:
+    """The newest readable state (arrays placed as abstract_state's shardings); None when the
+    manager holds no checkpoint.
+
+    data_iterator is moved to the saved position of the step whose state restored, and only
+    then. Raises ValueError when a step does not match abstract_state (nothing renamed) or
+    when no step can be read. set_aside=False leaves unreadable steps where they are (another
+    run's directory); name is how messages call the directory (default: its path)."""
+    name = name or str(manager.directory)
+    unreadable = []
     for step in sorted(manager.all_steps(), reverse=True):
         try:
-            return restore_step(manager, step, abstract_state, data_iterator)
+            saved = _saved_tree(manager, step)
         except Exception as error:  # orbax raises many types for damaged files
-            logging.warning("checkpoint step %d in %s cannot be restored (%s: %s); using the "
-                            "previous one", step, manager.directory, type(error).__name__, error)
-            _set_aside(manager, step)
+            unreadable.append(_skip(name, step, error))
+            continue
+        mismatch = tree_mismatch(saved, abstract_state)
+        if mismatch:
+            raise ValueError(
+                f"checkpoint step {step} of {name} does not match this run's state: {mismatch}. "
+                "It was written with another model or optimizer config; nothing was renamed or "
+                "deleted. To resume it, run with the config that wrote it. "
+                f"{_advice(manager, set_aside)}")
+        try:
+            state = restore_step(manager, step, abstract_state, data_iterator)
+        except Exception as error:
+            unreadable.append(_skip(name, step, error))
+            continue
+        if set_aside:
+            for bad_step, _ in unreadable:
+                _set_aside(manager, bad_step)
+        return state
+    if unreadable:
+        listed = "; ".join(f"step {s}: {cause}" for s, cause in unreadable)
+        raise ValueError(
+            f"no checkpoint of {name} can be read ({listed}). Nothing was renamed or deleted. "
+            f"{_advice(manager, set_aside)}")
     return None
+
+
+def _advice(manager: ocp.CheckpointManager, own_run: bool) -> str:
+    if own_run:
+        return (f"To start fresh, use a new workdir or move {manager.directory} away; to start "
+                "from another run's checkpoints, also set config.checkpoint.restore_dir.")
+    return ("Point config.checkpoint.restore_dir at a run of this model and optimizer config, "
+            "or unset it to start fresh.")
 
 
 def restore_step(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
                  data_iterator: Optional[grain.DatasetIterator]) -> Any:
-    items = {"state": ocp.args.StandardRestore(abstract_state)}
+    """The state saved at `step`; data_iterator, if given, is moved to its saved position
+    after the state restored."""
+    state = _restore_items(manager, step, state=ocp.args.StandardRestore(abstract_state))
     if data_iterator is not None:
-        items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
-    return manager.restore(step, args=ocp.args.Composite(**items))["state"]
+        _restore_items(manager, step, data=grain.checkpoint.CheckpointRestore(data_iterator))
+    return state
+
+
+def _restore_items(manager: ocp.CheckpointManager, step: int, **items) -> Any:
+    restored = manager.restore(step, args=ocp.args.Composite(**items))
+    return restored[next(iter(items))]
+
+
+def _skip(name: str, step: int, error: Exception) -> tuple[int, str]:
+    lines = str(error).strip().splitlines()
+    cause = f"{type(error).__name__}: {lines[0] if lines else ''}"
+    logging.warning("checkpoint step %d of %s cannot be read (%s); trying the previous one",
+                    step, name, cause)
+    return step, cause
+
+
+def _saved_tree(manager: ocp.CheckpointManager, step: int) -> Any:
+    """The saved state's tree of array metadata (shape, dtype) at `step`; raises if unreadable."""
+    metadata = manager.item_metadata(step)
+    state = metadata["state"] if "state" in metadata else None
+    if state is None:
+        raise FileNotFoundError(f"step {step} holds no readable 'state' item")
+    return getattr(state, "tree", state)
+
+
+def tree_mismatch(saved: Any, abstract_state: Any) -> Optional[str]:
+    """The first difference between a saved tree of array metadata and the run's state, as
+    'path: what', or None when every path, shape and dtype agrees."""
+    ours = dict(_leaves(ocp.tree.serialize_tree(abstract_state, keep_empty_nodes=True)))
+    theirs = dict(_leaves(saved))
+    for path, spec in ours.items():
+        if path not in theirs:
+            return f"{path} ({spec}) is in this run's state but not in the checkpoint"
+        if theirs[path] != spec:
+            return f"{path} is {theirs[path]} in the checkpoint but {spec} in this run"
+    for path, spec in theirs.items():
+        if path not in ours:
+            return f"{path} ({spec}) is in the checkpoint but not in this run's state"
+    return None
+
+
+def _leaves(tree: Any, prefix: str = ""):
+    """(dotted path, 'dtype[shape]') of each array of a tree as orbax serializes it (dicts and
+    lists; empty nodes hold nothing), in the tree's own order: step, params, opt_state."""
+    if isinstance(tree, Mapping):
+        children = tree.items()
+    elif isinstance(tree, (list, tuple)):
+        children = enumerate(tree)
+    elif tree is None:
+        return
+    else:
+        yield prefix[:-1], f"{np.dtype(tree.dtype).name}{list(tree.shape)}"
+        return
+    for key, child in children:
+        yield from _leaves(child, f"{prefix}{key}.")
 
 
 def _set_aside(manager: ocp.CheckpointManager, step: int) -> None:
@@ -77,6 +209,7 @@ def _set_aside(manager: ocp.CheckpointManager, step: int) -> None:
             target = os.path.join(manager.directory, f"{CORRUPT_PREFIX}{step}.{suffix}")
         if os.path.isdir(source):
             os.rename(source, target)
+            logging.warning("checkpoint step %d set aside as %s", step, target)
     ocp.multihost.sync_global_processes(f"deltajax_set_aside_{step}")
     manager.reload()
 
@@ -86,17 +219,11 @@ def abstract_like(tree: Any) -> Any:
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
 
-def _reader(directory: str) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
-    return ocp.CheckpointManager(os.path.abspath(directory), item_names=("state", "data"),
-                                 options=options)
-
-
 def load_params(directory: str, step: int) -> Any:
     """The parameters saved at `step` under `directory` (a run's checkpoints folder), on host."""
-    with _reader(directory) as manager:
-        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-    return jax.device_get(restored["state"]["params"])
+    with reader(directory) as manager:
+        state = _restore_items(manager, step, state=ocp.args.StandardRestore())
+    return jax.device_get(state["params"])
 
 
 def merge_saved_checkpoints(directory: str, weights_w) -> tuple[Any, list]:
@@ -104,7 +231,7 @@ def merge_saved_checkpoints(directory: str, weights_w) -> tuple[Any, list]:
 
     Returns (merged params, the steps merged). Keep checkpoint.max_to_keep >= len(weights_w) + 1
     while training so the window is on disk."""
-    with _reader(directory) as manager:
+    with reader(directory) as manager:
         steps = sorted(manager.all_steps())
     needed = len(weights_w) + 1
     if len(steps) < needed:

@@ -17,16 +17,21 @@ def make_managers(config, workdir: str) -> dict:
 
 
 def resume(config, managers: dict, state, data_iter):
-    """The latest checkpoint of this run, else of config.checkpoint.restore_dir, else state."""
+    """The latest checkpoint of this run, else of config.checkpoint.restore_dir, else state.
+
+    data_iter moves to the position saved with the restored state. Raises ValueError when a
+    checkpoint does not match state (another model or optimizer config) or none can be read:
+    a run never silently starts over beside checkpoints it could not use."""
     abstract = ckpt.abstract_like(state)
     restored = None
     if "last" in managers:
         restored = ckpt.restore_latest(managers["last"], abstract, data_iter)
-    if restored is None and config.checkpoint.restore_dir:
-        other = ckpt.make_manager(config.checkpoint.restore_dir, config)
-        restored = ckpt.restore_latest(other, abstract, data_iter)
-        other.close()
+    restore_dir = config.checkpoint.restore_dir
+    if restored is None and restore_dir:
+        name = f"config.checkpoint.restore_dir={restore_dir!r}"
+        with ckpt.reader(restore_dir) as other:  # another run's checkpoints: never modified
+            restored = ckpt.restore_latest(other, abstract, data_iter, set_aside=False,
+                                           name=name)
         if restored is None:
-            raise ValueError(f"config.checkpoint.restore_dir={config.checkpoint.restore_dir!r} "
-                             "holds no restorable checkpoint")
+            raise ValueError(f"{name} holds no checkpoint")
     return state if restored is None else restored

@@ -46,23 +46,33 @@ def test_keeps_only_the_last_k_checkpoints(uninterrupted, tmp_path):
     assert steps == [15, 20]
 
 
-def test_a_corrupt_latest_checkpoint_is_set_aside_and_the_previous_one_used(tmp_path, caplog):
-    fit(tiny_config(), MODEL, TRAIN_SOURCE, str(tmp_path), devices=DEVICE, stop_at=10)
-    state_dir = tmp_path / "checkpoints" / "10" / "state"
-    for root, _, files in os.walk(state_dir):  # truncate every array file of step 10
+def _damage(step_dir, item):
+    """Truncate every data file of one item of a step (its metadata stays readable)."""
+    for root, _, files in os.walk(step_dir / item):
         for name in files:
             if not name.startswith("_"):
                 open(os.path.join(root, name), "wb").close()
+
+
+@pytest.mark.parametrize("item", ["state", "data"])
+def test_a_damaged_latest_checkpoint_is_set_aside_and_the_previous_one_resumed_bit_for_bit(
+        uninterrupted, tmp_path, caplog, item):
+    """The fallback restores the state and the data position of the same step: the run equals
+    an uninterrupted one (a damaged iterator position discards its step's good state too)."""
+    fit(tiny_config(), MODEL, TRAIN_SOURCE, str(tmp_path), devices=DEVICE, stop_at=10)
+    _damage(tmp_path / "checkpoints" / "10", item)
     half_written = tmp_path / "checkpoints" / "15.orbax-checkpoint-tmp-1"
     half_written.mkdir()
     absl_logging.get_absl_logger().propagate = True
     with caplog.at_level("WARNING"):
-        resumed = fit(tiny_config(), MODEL, TRAIN_SOURCE, str(tmp_path), devices=DEVICE,
-                      stop_at=12)
-    assert "step 10" in caplog.text and "cannot be restored" in caplog.text
-    assert resumed.history[0]["step"] == 6  # restarted after step 5
+        resumed = fit(tiny_config(), MODEL, TRAIN_SOURCE, str(tmp_path), devices=DEVICE)
+    assert "step 10" in caplog.text and "cannot be read" in caplog.text
+    assert [h["step"] for h in resumed.history] == list(range(6, 21))  # restarted after step 5
     assert (tmp_path / "checkpoints" / f"{ckpt.CORRUPT_PREFIX}10").is_dir()  # kept, not deleted
     assert half_written.is_dir()
+    _assert_same_params(resumed.state.params, uninterrupted.state.params)
+    for got, want in zip(resumed.history, uninterrupted.history[5:], strict=True):
+        assert got["loss"] == want["loss"], got["step"]
 
 
 def test_a_failed_save_leaves_the_earlier_checkpoints_restorable(tmp_path):
