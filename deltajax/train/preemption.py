@@ -63,6 +63,8 @@ class Watcher:
 
     @property
     def signal_name(self) -> str:
+        if self._service:
+            return "preemption notice (SIGTERM or SIGINT on a process)"
         return "SIGTERM" if self._signal is None else signal.Signals(self._signal).name
 
     def reached(self, step: int) -> bool:

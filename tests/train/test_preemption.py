@@ -6,10 +6,12 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import jax
 import numpy as np
+import portpicker
 
 from deltajax.train import fit
 from tests.train.helpers import MODEL, TRAIN_SOURCE, tiny_config
@@ -27,24 +29,37 @@ def _saved_steps(workdir):
     return sorted(int(n) for n in os.listdir(workdir / "checkpoints") if n.isdigit())
 
 
+def _signal_mid_run(run, outputs, signum, target=0, distributed=False):
+    """Start one worker per output (several: localhost processes), send `signum` to worker
+    `target` once the step-5 checkpoint exists, and return their exit codes and logs."""
+    env = {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu"}
+    port = portpicker.pick_unused_port()
+    workers = [subprocess.Popen(
+        [sys.executable, "-m", "tests.train.preemption_worker", str(run), str(output)]
+        + ([str(i), str(len(outputs)), str(port)] if distributed else []),
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        for i, output in enumerate(outputs)]
+    try:
+        deadline = time.monotonic() + 150
+        while not (run / "checkpoints" / "5").is_dir():  # mid-run: past the first save
+            codes = [w.poll() for w in workers]
+            assert codes == [None] * len(workers) and time.monotonic() < deadline, codes
+            time.sleep(0.01)
+        workers[target].send_signal(signum)
+        logs = [w.communicate(timeout=120)[0].decode(errors="replace") for w in workers]
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+    return [w.returncode for w in workers], logs
+
+
 def test_sigterm_saves_the_current_step_exits_0_and_the_resumed_run_is_bit_exact(tmp_path):
     run, output = tmp_path / "run", tmp_path / "out.json"
-    env = {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu"}
-    worker = subprocess.Popen([sys.executable, "-m", "tests.train.preemption_worker", str(run),
-                               str(output)], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 120
-        while not (run / "checkpoints" / "5").is_dir():  # mid-run: past the first save
-            assert worker.poll() is None and time.monotonic() < deadline, worker.poll()
-            time.sleep(0.01)
-        worker.send_signal(signal.SIGTERM)
-        log = worker.communicate(timeout=120)[0].decode(errors="replace")
-    finally:
-        if worker.poll() is None:
-            worker.kill()
-            worker.wait()
-    assert worker.returncode == 0, log[-3000:]
+    codes, logs = _signal_mid_run(run, [output], signal.SIGTERM)
+    log = logs[0]
+    assert codes == [0], log[-3000:]
     stopped = json.loads(output.read_text())
     step = stopped["step"]
     assert stopped["preempted"] and 5 <= step < PREEMPTION_STEPS, stopped
@@ -64,7 +79,8 @@ def test_sigterm_saves_the_current_step_exits_0_and_the_resumed_run_is_bit_exact
 
 
 class _SignalAtRead:
-    """TRAIN_SOURCE that sends the process `signum` when example `index` is first read."""
+    """TRAIN_SOURCE that sends the process `signum` when grain's reading threads first read
+    example `index` (reads on the main thread are fit's checks before training)."""
 
     def __init__(self, signum, index):
         self._signum, self._index, self._sent = signum, index, False
@@ -73,7 +89,8 @@ class _SignalAtRead:
         return len(TRAIN_SOURCE)
 
     def __getitem__(self, index):
-        if index == self._index and not self._sent:
+        loading = threading.current_thread() is not threading.main_thread()
+        if loading and index == self._index and not self._sent:
             self._sent = True
             os.kill(os.getpid(), self._signum)
         return TRAIN_SOURCE[index]
@@ -89,3 +106,14 @@ def test_sigint_stops_after_a_saved_step_and_the_handlers_are_restored(tmp_path)
     assert step < 20 and result.history[-1]["step"] == step
     assert _saved_steps(tmp_path) == [step]  # though no save was due before step 50
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+def test_a_notice_to_one_of_two_processes_stops_both_at_the_same_saved_step(tmp_path):
+    run, outputs = tmp_path / "run", [tmp_path / f"out{i}.json" for i in range(2)]
+    codes, logs = _signal_mid_run(run, outputs, signal.SIGINT, target=1, distributed=True)
+    assert codes == [0, 0], "\n".join(log[-3000:] for log in logs)
+    stopped = [json.loads(output.read_text()) for output in outputs]
+    step = stopped[0]["step"]
+    assert all(s["preempted"] and s["step"] == step for s in stopped), stopped
+    assert step < PREEMPTION_STEPS and _saved_steps(run)[-1] == step
+    assert all(f"resume from step {step}" in log for log in logs)
