@@ -5,6 +5,9 @@ from deltajax.layers.delta_mixer import DeltaRuleMixer
 
 
 class DeltaProduct(DeltaRuleMixer):
-    """num_householder (n_h) key/value/beta triples per token; n_h = 1 is DeltaNet."""
+    """num_householder (n_h) key/value/beta triples per token; n_h = 1 is DeltaNet.
+
+    use_forget_gate=True is Gated DeltaProduct (FLA's GatedDeltaProduct): one decay per token and
+    head, g = -exp(A_log) softplus(a_proj(x) + dt_bias), applied before the token's first step."""
 
     num_householder: int = 2

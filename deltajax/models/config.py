@@ -48,13 +48,17 @@ class DeltaRuleOptions:
 
     allow_neg_eigval: bool = False         # beta in [0, 2] instead of [0, 1]
     use_output_gate: Optional[bool] = None  # None: the mixer's published default
+    # The Mamba-style decay g = -exp(A_log) softplus(a_proj(x) + dt_bias) (FLA's Gated
+    # DeltaNet / Gated DeltaProduct); None: the mixer's default (on for gated_deltanet only).
+    use_forget_gate: Optional[bool] = None
     backend: Union[Backend, str] = "auto"  # stored as a Backend (a str: "auto" == Backend.AUTO)
     chunk_size: int = 64
 
     def __post_init__(self):
         _check_bool(self.allow_neg_eigval, "ModelConfig.delta_rule.allow_neg_eigval")
-        if self.use_output_gate is not None:
-            _check_bool(self.use_output_gate, "ModelConfig.delta_rule.use_output_gate")
+        for name in ("use_output_gate", "use_forget_gate"):
+            if getattr(self, name) is not None:
+                _check_bool(getattr(self, name), f"ModelConfig.delta_rule.{name}")
         backend = parse_backend(self.backend, "ModelConfig.delta_rule.backend")
         object.__setattr__(self, "backend", backend)
         check_chunk_size(self.chunk_size, "ModelConfig.delta_rule.chunk_size")

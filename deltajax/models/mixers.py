@@ -27,8 +27,9 @@ def _delta(c):
     rule = c.options("delta_rule")
     kwargs = dict(**_conv(c), allow_neg_eigval=rule.allow_neg_eigval, backend=rule.backend,
                   chunk_size=rule.chunk_size)
-    if rule.use_output_gate is not None:  # None keeps the mixer's published default
-        kwargs["use_output_gate"] = rule.use_output_gate
+    for gate in ("use_output_gate", "use_forget_gate"):  # None keeps the mixer's default
+        if getattr(rule, gate) is not None:
+            kwargs[gate] = getattr(rule, gate)
     return kwargs
 
 

@@ -1,11 +1,14 @@
 """ModelConfig's options: the grokking models' ReLU MLP without norms, and the option groups
 (what each mixer reads, dict form, defaults, and the errors that name the field)."""
 
+import dataclasses
+import functools
 import json
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import pytest
 
 from deltajax.models import (
@@ -60,8 +63,8 @@ def test_bad_options_name_the_field(field, value):
 
 
 GROUPS = dict(conv=dict(enabled=False, size=3),
-              delta_rule=dict(allow_neg_eigval=True, use_output_gate=False, backend="recurrent",
-                              chunk_size=16),
+              delta_rule=dict(allow_neg_eigval=True, use_output_gate=False, use_forget_gate=True,
+                              backend="recurrent", chunk_size=16),
               delta_product=dict(num_householder=3), linear_attention=dict(chunk_size=8),
               attention=dict(window_size=5, rope_theta=500.0))
 EVERY_MIXER = dict(vocab_size=10, d_model=16, num_heads=2, num_layers=len(MIXERS),
@@ -75,8 +78,8 @@ def test_option_groups_reach_the_mixers_that_read_them():
         assert (built[name].use_short_conv, built[name].conv_size) == (False, 3), name
     for name in ("deltanet", "gated_deltanet", "delta_product"):
         mixer = built[name]
-        assert (mixer.allow_neg_eigval, mixer.use_output_gate, mixer.backend, mixer.chunk_size) \
-            == (True, False, Backend.RECURRENT, 16), name
+        assert (mixer.allow_neg_eigval, mixer.use_output_gate, mixer.use_forget_gate,
+                mixer.backend, mixer.chunk_size) == (True, False, True, Backend.RECURRENT, 16), name
     assert built["delta_product"].num_householder == 3
     assert built["linear_attention"].chunk_size == 8
     assert built["attention"].rope_theta == built["swa"].rope_theta == 500.0
@@ -90,6 +93,9 @@ def test_unset_groups_are_the_mixers_defaults():
     built = {name: build_mixer(config, name, parent=None) for name in MIXERS}
     # use_output_gate=None: Gated DeltaNet keeps its published SiLU output gate, DeltaNet none.
     assert built["gated_deltanet"].use_output_gate and not built["deltanet"].use_output_gate
+    # use_forget_gate=None: the decay is Gated DeltaNet's alone.
+    assert built["gated_deltanet"].use_forget_gate
+    assert not built["deltanet"].use_forget_gate and not built["delta_product"].use_forget_gate
     assert built["delta_product"].num_householder == DeltaProductOptions().num_householder == 2
     assert built["swa"].window_size == AttentionOptions().window_size
     assert built["deltanet"].conv_size == ConvOptions().size
@@ -131,6 +137,7 @@ def test_a_group_no_layer_reads_is_rejected(mixer, group):
     ("delta_rule", dict(chunk_size=48), "delta_rule.chunk_size"),
     ("delta_rule", dict(allow_neg_eigval="yes"), "delta_rule.allow_neg_eigval"),
     ("delta_rule", dict(use_output_gate=1), "delta_rule.use_output_gate"),
+    ("delta_rule", dict(use_forget_gate="on"), "delta_rule.use_forget_gate"),
     ("delta_product", dict(num_householder=0), "delta_product.num_householder"),
     ("linear_attention", dict(chunk_size=3), "linear_attention.chunk_size"),
     ("linear_attention", dict(backend="chunked"), "linear_attention.backend"),
@@ -141,3 +148,53 @@ def test_a_group_no_layer_reads_is_rejected(mixer, group):
 def test_bad_group_options_name_the_field(group, options, field):
     with pytest.raises(ValueError, match=f"ModelConfig.{field}"):
         ModelConfig(**EVERY_MIXER, **{group: options})
+
+
+GATED_PRODUCT = ModelConfig(vocab_size=10, d_model=16, num_heads=2, num_layers=1,
+                            mixer="delta_product", delta_product=dict(num_householder=2),
+                            delta_rule=dict(allow_neg_eigval=True, use_forget_gate=True))
+UNGATED_PRODUCT = dataclasses.replace(GATED_PRODUCT, delta_rule=dict(allow_neg_eigval=True))
+DECAY = ("a_proj", "A_log", "dt_bias")
+
+
+def _param_shapes(config):
+    tokens = jnp.zeros((1, 3), jnp.int32)
+    shapes = jax.eval_shape(LanguageModel(config).init, jax.random.PRNGKey(0), tokens)
+    return jax.tree.map(lambda x: x.shape, shapes["params"]["blocks_0"]["mixer"])
+
+
+def test_gated_delta_product_has_fla_decay_parameters_and_others_keep_theirs():
+    gated, ungated = _param_shapes(GATED_PRODUCT), _param_shapes(UNGATED_PRODUCT)
+    # FLA's GatedDeltaProduct: one decay per head and token, a_proj [D, H], A_log [H], dt_bias [H].
+    assert gated["a_proj"] == {"kernel": (16, 2)} and gated["A_log"] == gated["dt_bias"] == (2,)
+    assert set(gated) - set(ungated) == set(DECAY)
+    assert {k: v for k, v in gated.items() if k not in DECAY} == ungated
+    assert gated["k_proj"] == {"kernel": (16, 2 * 16)}  # n_h keys per token
+    # Gated DeltaNet keeps its decay; DeltaNet (None: the default) has none.
+    assert set(DECAY) <= set(_param_shapes(dataclasses.replace(
+        UNGATED_PRODUCT, mixer="gated_deltanet", delta_product=None)))
+    assert not set(DECAY) & set(_param_shapes(dataclasses.replace(
+        UNGATED_PRODUCT, mixer="deltanet", delta_product=None)))
+
+
+def test_gated_delta_product_decodes_as_its_forward_and_its_decay_acts():
+    model = LanguageModel(GATED_PRODUCT)
+    tokens = jax.random.randint(jax.random.PRNGKey(2), (2, 7), 0, 10)
+    params = jax.jit(model.init)(jax.random.PRNGKey(0), tokens)["params"]
+    logits = jax.jit(model.apply)({"params": params}, tokens)
+    cache = model.init_cache(2, 7)
+    prompt, cache = jax.jit(functools.partial(model.apply, method=model.extend))(
+        {"params": params}, tokens[:, :3], cache)
+    decode = jax.jit(functools.partial(model.apply, method=model.decode_step))
+    steps = []
+    for t in range(3, 7):
+        step, cache = decode({"params": params}, tokens[:, t], cache)
+        steps.append(step)
+    np.testing.assert_allclose(prompt, logits[:, :3], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(jnp.stack(steps, 1), logits[:, 3:], rtol=1e-4, atol=1e-5)
+    # The same weights without the decay compute another function: the gate is used.
+    mixer = params["blocks_0"]["mixer"]
+    without = {**params, "blocks_0": {**params["blocks_0"], "mixer": {
+        k: v for k, v in mixer.items() if k not in DECAY}}}
+    ungated = jax.jit(LanguageModel(UNGATED_PRODUCT).apply)({"params": without}, tokens)
+    assert not np.allclose(ungated, logits, atol=1e-4)

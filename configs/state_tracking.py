@@ -1,0 +1,134 @@
+"""State tracking and length extrapolation (python -m experiments.state_tracking): parity,
+modular arithmetic without brackets and group word problems, trained on short sequences and
+scored at every position of longer ones (deltajax/data/state_tracking.py).
+
+    python -m experiments.state_tracking --config=configs/state_tracking.py:cpu \
+        --workdir=runs/state-tracking-cpu --out=benchmarks/results/cpu-state-tracking
+
+Presets (one recipe per preset, the same for every mixer of it, fixed before any result):
+  paper  the published settings, for a GPU or TPU.
+         Grazzi et al. 2025 (parity, modular arithmetic mod 5 without brackets), from the
+         authors' code (github.com/automl/unlocking_state_tracking, xLSTM's formal-language
+         setup; xlstm/experiments/parity_delta_net_2_single_layer.yaml): train on lengths
+         3-40, test on 40-256; 1 layer, d_model 16, 4 heads, short convolutions; batch 256,
+         AdamW lr 1e-3, 2000 warmup steps then decay to 1e-3 x peak, no weight decay, no
+         clipping, 20k steps (bf16 there, float32 here). We train on length 40 with a
+         label at every position (all prefixes 1-40, the published range) and score positions
+         up to 256.
+         Siems et al. 2025 (DeltaProduct; group word problems S3, S4, A5, S5, after Merrill et al.
+         2024): train on length 128, test up to 512 (the paper's Fig. of accuracy against
+         sequence length); DeltaProduct n_h in {1, 2, 3, 4} with beta in [0, 1] and [0, 2].
+         The model size and step budget of the word-problem runs we could not read from the
+         paper's text here: those fields (marked "ours") reuse the parity recipe scaled to
+         d_model 128, 4 heads, 1 layer, which the theory says suffices (one layer of n_h = n - 1
+         Householders per token represents S_n).
+  cpu    what two shared CPU cores train in about 50 minutes: the parity contrast (DeltaNet and
+         Gated DeltaNet, beta in [0, 1] against [0, 2]; softmax and linear attention as
+         references), the smallest-n_h contrast on S3 (DeltaProduct n_h = 1, 2 with beta in
+         [0, 2], n_h = 2 with [0, 1]) and DeltaNet both ways on modular arithmetic; 1 layer,
+         d_model 32, batch 32, at most 3000 steps, train length 40 (S3: 32), scored up to 5x
+         (S3: 4x). Cut from the full grid for time: S4, A5, S5, n_h = 3, 4, Gated DeltaNet and
+         the references on the word problems and arithmetic.
+  smoke  seconds, for the tests.
+--config.only='parity-*' runs part of a sweep; fields shared by every run are flags
+(--config.train.num_steps=500, --config.model.delta_rule.backend=recurrent).
+"""
+
+import ml_collections
+
+from deltajax.study import named_run, run_id
+
+PRESETS = ("paper", "cpu", "smoke")
+# A mixer of the study -> its model fields. "_neg": beta in [0, 2] (eigenvalues in [-1, 1]).
+# A ModelConfig rejects option groups its layers do not read: the references drop delta_rule.
+MIXERS = {
+    "deltanet": dict(mixer="deltanet"),
+    "deltanet_neg": dict(mixer="deltanet", delta_rule=dict(allow_neg_eigval=True)),
+    "gated_deltanet": dict(mixer="gated_deltanet"),
+    "gated_deltanet_neg": dict(mixer="gated_deltanet", delta_rule=dict(allow_neg_eigval=True)),
+    **{f"deltaproduct{n}{neg}": dict(mixer="delta_product",
+                                      delta_rule=dict(allow_neg_eigval=bool(neg)),
+                                      delta_product=dict(num_householder=n))
+       for n in (1, 2, 3, 4) for neg in ("", "_neg")},
+    "linear_attention": dict(mixer="linear_attention", delta_rule=None),
+    "attention": dict(mixer="attention", delta_rule=None),
+}
+GROUPS = ("S3", "S4", "A5", "S5")
+DELTA_PRODUCTS = tuple(f"deltaproduct{n}{neg}" for n in (1, 2, 3, 4) for neg in ("", "_neg"))
+PAPER_CHOMSKY_MIXERS = ("deltanet", "deltanet_neg", "gated_deltanet", "gated_deltanet_neg",
+                        "linear_attention", "attention")
+
+
+def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
+    if preset not in PRESETS:
+        raise ValueError(f"configs/state_tracking.py preset must be one of {PRESETS}; got "
+                         f"{preset!r}")
+    c = ml_collections.ConfigDict()
+    c.preset = preset
+    c.seed = 0
+    c.only = ""
+    # name: "parity", "modular_arithmetic" or a group ("S3", "Z5", ...). eval_lengths: the
+    # ends of the position bins scored, (0, L_1], (L_1, L_2], ...; L_1 = train_len.
+    c.task = ml_collections.ConfigDict(dict(
+        name="parity", modulus=5, train_len=40, eval_lengths=(40, 80, 160, 256),
+        num_train_examples=5_120_000, num_eval_examples=8_192))
+    c.model = ml_collections.ConfigDict(dict(
+        d_model=16, num_layers=1, num_heads=4, mixer="deltanet", mlp="swiglu", dtype="float32",
+        conv=None, delta_rule=dict(allow_neg_eigval=False, backend="auto", chunk_size=64),
+        delta_product=None,
+        attention=None))
+    c.train = ml_collections.ConfigDict(dict(
+        num_steps=20_000, global_batch_size=256,
+        optimizer=dict(learning_rate=1e-3, weight_decay=0.0, grad_clip_norm=0.0),
+        schedule=dict(name="cosine", warmup_steps=2_000, final_lr_fraction=1e-3),
+        # Stop once every in-distribution eval position is right (a solved run stays solved).
+        eval=dict(every_steps=200, num_batches=4, early_stop_metric="eval/accuracy",
+                  early_stop_value=1.0),
+        checkpoint=dict(every_steps=1_000, max_to_keep=1),
+        logging=dict(every_steps=100, progress_bar=False)))
+
+    if preset == "paper":
+        group_task = dict(train_len=128, eval_lengths=(128, 256, 384, 512))
+        runs = [(task, {}, mixer) for task in ("parity", "modular_arithmetic")
+                for mixer in PAPER_CHOMSKY_MIXERS]
+        runs += [(group, dict(group_task, name=group), mixer) for group in GROUPS
+                 for mixer in (*DELTA_PRODUCTS, "gated_deltanet", "gated_deltanet_neg",
+                               "linear_attention", "attention")]
+        group_model = dict(d_model=128, num_heads=4)  # ours (see the docstring)
+        c.sweep = [named_run(run_id(task, mixer), task=dict(task_fields, name=task),
+                             model=dict(MIXERS[mixer], **(group_model if task in GROUPS
+                                                          else {})))
+                   for task, task_fields, mixer in runs]
+        return c
+
+    if preset == "cpu":
+        c.task.update(eval_lengths=(40, 80, 120, 200), num_train_examples=200_000,
+                      num_eval_examples=512)
+        # Timed on the shared 2-core machine (load ~5): 20-40 ms a step for DeltaNet and
+        # DeltaProduct n_h = 2 at this size, so a run that never solves costs about 2 minutes.
+        c.model.update(d_model=32, num_heads=2)
+        c.train.update(num_steps=3_000, global_batch_size=32)
+        c.train.optimizer.learning_rate = 2e-3  # 7x fewer steps than the paper's: a higher lr
+        c.train.schedule.warmup_steps = 150
+        c.train.eval.update(every_steps=100, num_batches=4)
+        c.train.checkpoint.every_steps = 250
+        s3 = dict(name="S3", train_len=32, eval_lengths=(32, 64, 96, 128))
+        # The headline contrasts first: a sweep stopped part-way has them.
+        runs = [("parity", {}, "deltanet_neg"), ("parity", {}, "deltanet"),
+                ("S3", s3, "deltaproduct2_neg"), ("S3", s3, "deltaproduct1_neg"),
+                ("parity", {}, "gated_deltanet_neg"), ("parity", {}, "gated_deltanet"),
+                ("parity", {}, "attention"), ("S3", s3, "deltaproduct2"),
+                ("parity", {}, "linear_attention"), ("modular_arithmetic", {}, "deltanet_neg"),
+                ("modular_arithmetic", {}, "deltanet")]
+    else:  # smoke
+        c.task.update(train_len=8, eval_lengths=(8, 16), num_train_examples=64,
+                      num_eval_examples=16)
+        c.model.update(d_model=16, num_heads=2)
+        c.train.update(num_steps=4, global_batch_size=8)
+        c.train.schedule.warmup_steps = 1
+        c.train.eval.update(every_steps=2, num_batches=1)
+        c.train.checkpoint.every_steps = 2
+        runs = [("parity", {}, "deltanet_neg"), ("S3", {}, "deltaproduct2_neg")]
+    c.sweep = [named_run(run_id(task, mixer), task=dict(task_fields, name=task),
+                         model=dict(MIXERS[mixer])) for task, task_fields, mixer in runs]
+    return c

@@ -1,0 +1,237 @@
+"""State tracking and length extrapolation: train every run of the sweep on short sequences
+(resuming), score it at every position of longer ones, then the tables and the plot.
+
+    python -m experiments.state_tracking --config=configs/state_tracking.py:cpu \
+        --workdir=runs/state-tracking-cpu --out=benchmarks/results/cpu-state-tracking
+    python -m experiments.state_tracking --config=configs/state_tracking.py:paper \
+        --workdir=runs/state-tracking-paper --config.only='parity-*'
+
+(`python experiments/state_tracking.py ...` runs the same.) Each run trains in
+<workdir>/runs/<run name>/ (config.json, result.json, checkpoints, TensorBoard) with
+deltajax.train.fit, stopping early once every in-distribution eval position is right; then
+num_eval_examples sequences of length max(eval_lengths) are scored position by position, and a
+run's "accuracy at L" is its accuracy over the positions in (previous L, L].
+"""
+
+import time
+
+import jax
+import jax.numpy as jnp
+import matplotlib
+import numpy as np
+
+from deltajax import study
+from deltajax.data import IGNORE_INDEX, make_dataset
+from deltajax.data.state_tracking import make_source as task_source
+from deltajax.models import LanguageModel, ModelConfig
+from deltajax.train import fit
+from deltajax.train.config import merge_with_defaults
+
+matplotlib.use("Agg")  # files only; no display on servers and in CI
+import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
+
+# What the papers report for a (task, mixer) of the sweep, beside our numbers. Qualitative:
+# the claims as the papers state them (Grazzi et al. 2025, Table 2 and Sec. 5; Siems et al.
+# 2025, Sec. 5 and its Fig. on S3/S4/A5/S5 extrapolation).
+PUBLISHED = {
+    ("parity", "deltanet"): "fails (beta in [0,1]; Grazzi Tab. 2)",
+    ("parity", "deltanet_neg"): "solves (beta in [0,2]; Grazzi Tab. 2)",
+    ("parity", "gated_deltanet"): "fails (positive eigenvalues; Grazzi Thm. 1)",
+    ("parity", "gated_deltanet_neg"): "can solve (negative eigenvalues)",
+    ("parity", "attention"): "fails to extrapolate (Grazzi Tab. 2, Transformer)",
+    ("modular_arithmetic", "deltanet"): "partial (Grazzi Tab. 2)",
+    ("modular_arithmetic", "deltanet_neg"): "better than [0,1] (Grazzi Tab. 2)",
+    ("S3", "deltaproduct1_neg"): "fails in 1 layer (Siems: n_h = 1 is DeltaNet)",
+    ("S3", "deltaproduct2_neg"): "solves and extrapolates (Siems)",
+    ("S3", "deltaproduct2"): "fails (needs negative eigenvalues; Siems)",
+    ("S4", "deltaproduct2_neg"): "solves (S4 in SO(3): 2 reflections; Siems)",
+    ("A5", "deltaproduct2_neg"): "solves (A5 in SO(3); Siems)",
+    ("S5", "deltaproduct4_neg"): "solves (n_h = n - 1 = 4; Siems)",
+}
+
+
+def build_model(config) -> LanguageModel:
+    return LanguageModel(ModelConfig(vocab_size=vocab_size(config),
+                                     **config.model.to_dict()))
+
+
+def vocab_size(config) -> int:
+    return make_source(config, split="eval").vocab_size
+
+
+def make_source(config, *, split: str, seq_len=None):
+    """train: num_train_examples of train_len; eval: the in-distribution early-stop set (one
+    seed); test: num_eval_examples of seq_len (another seed) for the per-position scores."""
+    t = config.task
+    num, seed, length = {
+        "train": (t.num_train_examples, config.seed, t.train_len),
+        "eval": (t.num_eval_examples, config.seed + 10_000, t.train_len),
+        "test": (t.num_eval_examples, config.seed + 20_000, seq_len or max(t.eval_lengths)),
+    }[split]
+    return task_source(t.name, num_examples=num, seq_len=length, seed=seed, modulus=t.modulus)
+
+
+def trainer_config(config):
+    train = merge_with_defaults(config.train)
+    train.seed = config.seed
+    return train
+
+
+def check(config) -> None:
+    """Raises a ValueError naming the field before any run trains."""
+    study.check_config(config, "state_tracking")
+    for run in study.select_runs(config):
+        this = study.run_config(config, run)
+        t = this.task
+        try:
+            build_model(this)
+            lengths = list(t.eval_lengths)
+            if not lengths or lengths[0] != t.train_len or sorted(set(lengths)) != lengths:
+                raise ValueError(f"config.task.eval_lengths={tuple(lengths)} must increase "
+                                 f"strictly from config.task.train_len={t.train_len}")
+            if t.num_eval_examples < this.train.global_batch_size:
+                raise ValueError(f"config.task.num_eval_examples={t.num_eval_examples} must be "
+                                 f"at least config.train.global_batch_size="
+                                 f"{this.train.global_batch_size} (one eval batch)")
+        except ValueError as error:  # say which run
+            raise ValueError(f"run {this.name}: {error}") from error
+
+
+def position_accuracy(config, model, params) -> np.ndarray:
+    """Accuracy at each position 1..max(eval_lengths) over the test sequences, float [L]."""
+    source = make_source(config, split="test")
+    dataset = make_dataset(source, seed=config.seed,
+                           global_batch_size=config.train.global_batch_size, shuffle=False,
+                           num_epochs=1)
+    predict = jax.jit(lambda p, x: jnp.argmax(model.apply({"params": p}, x), axis=-1))
+    correct = np.zeros(source.seq_len)
+    count = np.zeros(source.seq_len)
+    for index in range(len(dataset)):
+        batch = dataset[index]
+        valid = batch["targets"] != IGNORE_INDEX
+        right = np.asarray(predict(params, batch["inputs"])) == batch["targets"]
+        correct += (right & valid).sum(axis=0)
+        count += valid.sum(axis=0)
+    return correct / np.maximum(count, 1)
+
+
+def binned(config, accuracy: np.ndarray, labelled: np.ndarray) -> dict:
+    """{str(L): mean accuracy over the labelled positions in (previous L, L]}."""
+    out, start = {}, 0
+    for end in config.task.eval_lengths:
+        window = slice(start, end)
+        out[str(end)] = float(accuracy[window][labelled[window]].mean())
+        start = end
+    return out
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+    """Trains (or resumes) one run in workdir; returns its accuracy per length bin."""
+    start = time.perf_counter()
+    model = build_model(config)
+    fitted = fit(trainer_config(config), model, make_source(config, split="train"), workdir,
+                 eval_source=make_source(config, split="eval"))
+    accuracy = position_accuracy(config, model, fitted.state.params)
+    # Modular arithmetic labels numbers only (even positions): operators are not scored.
+    labelled = make_source(config, split="test")[0]["targets"] != IGNORE_INDEX
+    return {"accuracy_by_length": binned(config, accuracy, labelled),
+            "in_distribution_eval": fitted.eval_metrics.get("eval/accuracy"),
+            "steps": int(fitted.state.step), "stopped_early": fitted.stopped_early,
+            "seconds_this_call": time.perf_counter() - start}
+
+
+def cell(config, run) -> tuple:
+    """(task, mixer) of a run: its name is run_id(task, mixer)."""
+    task, mixer = run["name"].split("-", 1)
+    return task, mixer
+
+
+def _runs_by_task(config, results) -> dict:
+    """{task: (run config, [(mixer, result or None)] in sweep order)}."""
+    finished = {r["name"]: r for r in results}
+    tasks = {}
+    for run in study.select_runs(config):
+        task, mixer = cell(config, run)
+        this = study.run_config(config, run)
+        tasks.setdefault(task, (this, []))[1].append((mixer, finished.get(run["name"])))
+    return tasks
+
+
+def markdown_table(config, results: list) -> str:
+    """Per task: rows mixers, columns the position bins, cells accuracy in %, with the
+    published claim; "-" where the run has not finished."""
+    lines = []
+    for task, (this, rows) in _runs_by_task(config, results).items():
+        t = this.task
+        bins, start = [], 0
+        for end in t.eval_lengths:
+            bins.append(f"{start + 1}-{end}")
+            start = end
+        lines += [f"**{task}**, trained on length {t.train_len} (columns: positions scored; "
+                  f"the first is in distribution)", "",
+                  "| mixer | " + " | ".join(bins) + " | steps | published |",
+                  "|---|" + "---:|" * (len(bins) + 1) + "---|"]
+        for mixer, result in rows:
+            if result is None:
+                cells = ["-"] * (len(bins) + 1)
+            else:
+                acc = result["accuracy_by_length"]
+                cells = [f"{100 * acc[str(end)]:.1f}" for end in t.eval_lengths]
+                cells.append(f"{result['steps']}" + (" (solved)" if result["stopped_early"]
+                                                     else ""))
+            lines.append(f"| {mixer} | " + " | ".join(cells) +
+                         f" | {PUBLISHED.get((task, mixer), '-')} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(config, results: list, path: str) -> None:
+    """Accuracy against the end of each position bin, one panel per task, a line per mixer."""
+    tasks = _runs_by_task(config, results)
+    fig, axes = plt.subplots(1, max(len(tasks), 1), figsize=(4.5 * max(len(tasks), 1), 3.6),
+                             squeeze=False)
+    for ax, (task, (this, rows)) in zip(axes[0], tasks.items(), strict=False):
+        for mixer, result in rows:
+            if result is not None:
+                lengths = list(this.task.eval_lengths)
+                ax.plot(lengths, [100 * result["accuracy_by_length"][str(n)] for n in lengths],
+                        marker="o", label=mixer)
+        ax.axvline(this.task.train_len, color="gray", linestyle=":", linewidth=1)
+        ax.set(title=f"{task} (trained on {this.task.train_len})", xlabel="position",
+               ylim=(0, 101))
+        ax.grid(alpha=0.3)
+        if any(result is not None for _, result in rows):
+            ax.legend(fontsize=7, loc="lower left")
+    axes[0][0].set_ylabel("accuracy (%)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def report(config, results: list, workdir: str, png_path: str) -> tuple:
+    del workdir  # the results hold all the table needs
+    plot(config, results, png_path)
+    m, train = config.model, config.train
+    about = (f"One recipe for every mixer: {m.num_layers} layer(s), d_model {m.d_model}, "
+             f"{m.num_heads} heads, MLP {m.mlp}; AdamW lr {train.optimizer.learning_rate:g}, "
+             f"batch {train.global_batch_size}, at most {train.num_steps} steps, stopping "
+             "early (\"solved\") once every in-distribution eval position is right. Cells: "
+             "accuracy (%) over the positions of a bin, "
+             f"{config.task.num_eval_examples} test sequences. Chance: 50% (parity), 1/|G| "
+             "(word problems), 20% (arithmetic mod 5). `_neg`: beta in [0, 2] (eigenvalues "
+             "in [-1, 1]); deltaproduct<n>: n Householder steps per token.")
+    title = f"State tracking: accuracy by position ({config.preset} preset)"
+    return title, f"{about}\n\n{markdown_table(config, results)}"
+
+
+def run_study(config, workdir: str, **kwargs) -> list:
+    """Every selected run of config, resuming; the report after each. kwargs: study.run_study's
+    command, out, report_only."""
+    check(config)
+    return study.run_study(config, workdir, study="state_tracking",
+                           train_fn=train_and_evaluate, report=report, **kwargs)
+
+
+if __name__ == "__main__":
+    study.main("experiments.state_tracking", run_study, "configs/state_tracking.py:cpu",
+               "runs/state-tracking")

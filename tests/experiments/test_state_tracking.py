@@ -1,0 +1,115 @@
+"""The state-tracking study end to end at the smoke preset: the sweep, its skip on a second call,
+its report (table per task, plot, JSON), the per-position scoring, and the config's checks. One
+module-scoped study run serves the tests that read its outputs."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from configs.state_tracking import MIXERS, get_config
+from deltajax import study
+from experiments import state_tracking
+
+SMOKE_RUNS = ["parity-deltanet_neg", "S3-deltaproduct2_neg"]
+
+
+def _smoke():
+    config = get_config("smoke")
+    config.model.delta_rule.backend = "recurrent"  # the lax.scan: the fastest compile at T=16
+    return config
+
+
+@pytest.fixture(scope="module")
+def study_dir(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("state_tracking")
+    state_tracking.run_study(_smoke(), str(workdir), command="python -m experiments.x smoke")
+    return workdir
+
+
+def test_study_trains_every_run_and_scores_every_length_bin(study_dir):
+    assert sorted(d.name for d in (study_dir / "runs").iterdir()) == sorted(SMOKE_RUNS)
+    for name in SMOKE_RUNS:
+        run_dir = study_dir / "runs" / name
+        result = json.loads((run_dir / "result.json").read_text())
+        assert result["steps"] in (2, 4)  # 2: solved at the first evaluation
+        assert set(result["accuracy_by_length"]) == {"8", "16"}
+        assert all(0.0 <= a <= 1.0 for a in result["accuracy_by_length"].values())
+        assert any(n.startswith("events.out.tfevents") for n in os.listdir(run_dir / "tensorboard"))
+    config = json.loads((study_dir / "runs" / "S3-deltaproduct2_neg" / "config.json").read_text())
+    assert config["task"]["name"] == "S3" and config["model"]["delta_product"] == {
+        "num_householder": 2}
+    assert config["model"]["delta_rule"]["allow_neg_eigval"] is True
+
+
+def test_report_has_a_table_per_task_with_published_claims_and_a_plot(study_dir):
+    table = (study_dir / "results.md").read_text()
+    assert "**parity**, trained on length 8" in table and "**S3**, trained on length 8" in table
+    assert "| 1-8 | 9-16 |" in table and "python -m experiments.x smoke" in table
+    assert "| deltanet_neg |" in table and "solves (beta in [0,2]" in table
+    assert "2 of 2 runs finished" in table
+    assert (study_dir / "results.png").stat().st_size > 0
+
+
+def test_second_call_skips_finished_runs_and_publishes(study_dir, tmp_path):
+    stamps = [os.stat(study_dir / "runs" / n / "result.json").st_mtime_ns for n in SMOKE_RUNS]
+    results = state_tracking.run_study(_smoke(), str(study_dir), out=str(tmp_path / "pub"),
+                                       command="python -m experiments.state_tracking --smoke")
+    assert [os.stat(study_dir / "runs" / n / "result.json").st_mtime_ns
+            for n in SMOKE_RUNS] == stamps  # not retrained
+    assert [r["name"] for r in results] == SMOKE_RUNS
+    assert "--smoke" in (tmp_path / "pub.md").read_text()
+    assert (tmp_path / "pub.png").stat().st_size > 0
+    assert json.loads((tmp_path / "pub.json").read_text())["preset"] == "smoke"
+
+
+def test_bins_average_the_labelled_positions_between_lengths():
+    config = get_config("smoke")
+    config.task.eval_lengths = (2, 4, 6)
+    accuracy = np.array([1.0, 0.5, 0.0, 1.0, 0.25, 0.75])
+    every = np.ones(6, bool)
+    assert state_tracking.binned(config, accuracy, every) == {"2": 0.75, "4": 0.5, "6": 0.5}
+    numbers = np.array([True, False] * 3)  # arithmetic: operators carry no label
+    assert state_tracking.binned(config, accuracy, numbers) == {"2": 1.0, "4": 0.0, "6": 0.25}
+
+
+def test_presets_cover_the_issue_grid_and_pass_the_checks():
+    paper = get_config("paper")
+    names = {run["name"] for run in paper.sweep}
+    for n in (1, 2, 3, 4):
+        for neg in ("", "_neg"):
+            assert f"S5-deltaproduct{n}{neg}" in names
+    assert {"parity-deltanet", "parity-deltanet_neg", "parity-gated_deltanet_neg",
+            "parity-linear_attention", "parity-attention", "modular_arithmetic-deltanet_neg",
+            "A5-deltaproduct2_neg", "S4-deltaproduct3"} <= names
+    for preset in ("paper", "cpu", "smoke"):
+        state_tracking.check(get_config(preset))
+    cpu = get_config("cpu")
+    assert cpu.sweep[0]["name"] == "parity-deltanet_neg" and cpu.sweep[1]["name"] == \
+        "parity-deltanet"  # the headline contrast first
+    assert MIXERS["deltanet_neg"]["delta_rule"]["allow_neg_eigval"] is True
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda c: c.task.update(eval_lengths=(16, 8)), "eval_lengths"),
+    (lambda c: c.task.update(eval_lengths=(4, 16)), "eval_lengths"),
+    (lambda c: c.sweep[0]["overrides"]["task"].update(name="dyck"), "task must be"),
+    (lambda c: c.task.update(num_eval_examples=4), "num_eval_examples"),
+    (lambda c: c.model.update(d_model=15), "d_model"),
+    (lambda c: c.update(extra=1), "top-level keys"),
+])
+def test_bad_configs_are_rejected_naming_the_field(change, match):
+    config = get_config("smoke")
+    change(config)
+    with pytest.raises(ValueError, match=match):
+        state_tracking.check(config)
+
+
+def test_bad_preset_and_only_are_rejected():
+    with pytest.raises(ValueError, match="preset"):
+        get_config("huge")
+    config = get_config("smoke")
+    config.only = "S5-*"
+    with pytest.raises(ValueError, match="config.only"):
+        study.select_runs(config)
