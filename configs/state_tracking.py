@@ -79,7 +79,8 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
         attention=None))
     c.train = ml_collections.ConfigDict(dict(
         num_steps=20_000, global_batch_size=256,
-        optimizer=dict(learning_rate=1e-3, weight_decay=0.0, grad_clip_norm=0.0),
+        # torch's AdamW betas (0.9, 0.999), as the authors' code trains, not the trainer's 0.95.
+        optimizer=dict(learning_rate=1e-3, b2=0.999, weight_decay=0.0, grad_clip_norm=0.0),
         schedule=dict(name="cosine", warmup_steps=2_000, final_lr_fraction=1e-3),
         # Stop once every in-distribution eval position is right (a solved run stays solved).
         eval=dict(every_steps=200, num_batches=4, early_stop_metric="eval/accuracy",
@@ -108,8 +109,11 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
         # DeltaProduct n_h = 2 at this size, so a run that never solves costs about 2 minutes.
         c.model.update(d_model=32, num_heads=2)
         c.train.update(num_steps=3_000, global_batch_size=32)
-        c.train.optimizer.learning_rate = 2e-3  # 7x fewer steps than the paper's: a higher lr
-        c.train.schedule.warmup_steps = 150
+        # 7x fewer steps than the paper's: a higher lr. (A first recipe, lr 2e-3 with the
+        # trainer's b2 = 0.95, left DeltaNet beta in [0, 2] at 88% in distribution after 3000
+        # steps; this one replaced it for every run before the rest had run.)
+        c.train.optimizer.learning_rate = 3e-3
+        c.train.schedule.warmup_steps = 100
         c.train.eval.update(every_steps=100, num_batches=4)
         c.train.checkpoint.every_steps = 250
         s3 = dict(name="S3", train_len=32, eval_lengths=(32, 64, 96, 128))
