@@ -54,6 +54,14 @@ def fit(config, model: nn.Module, train_source: Sequence, workdir: str, *,
     devices = jax.devices() if devices is None else list(devices)
     preflight.check_run(config, model, train_source, eval_source, num_devices=len(devices),
                         num_processes=jax.process_count())
+    # From here on, a preemption notice stops training after the first step at the latest.
+    with preemption.Watcher() as watcher:
+        return _train(config, model, train_source, workdir, eval_source, devices, stop_at,
+                      watcher)
+
+
+def _train(config, model, train_source, workdir, eval_source, devices, stop_at,
+           watcher: preemption.Watcher) -> FitResult:
     mesh = sharding.make_mesh(config, devices)
     tx, schedule = make_optimizer(config)
     data_iter = iterator_from_config(train_source, config)
@@ -98,49 +106,47 @@ def fit(config, model: nn.Module, train_source: Sequence, workdir: str, *,
     eval_metrics, eval_history, stopped_early, preempted = {}, [], False, False
     failed = True
     try:
-        with preemption.Watcher() as watcher:
-            for step in range(start + 1, end + 1):
-                saver.check()
-                host_batch = next(data_iter)
-                if pmap:
-                    state, metrics = train_fn(state, sharding.split_for_pmap(host_batch,
-                                                                             len(local)))
-                else:
-                    state, metrics = train_fn(state, sharding.shard_batch(host_batch, mesh))
-                # Read the previous step's metrics while this one runs: the host waits for
-                # the device only on steps that evaluate, save or end.
+        for step in range(start + 1, end + 1):
+            saver.check()
+            host_batch = next(data_iter)
+            if pmap:
+                state, metrics = train_fn(state, sharding.split_for_pmap(host_batch, len(local)))
+            else:
+                state, metrics = train_fn(state, sharding.shard_batch(host_batch, mesh))
+            # Read the previous step's metrics while this one runs: the host waits for the
+            # device only on steps that evaluate, save or end.
+            steps.read_pending()
+            steps.add(step, metrics, host_batch["inputs"].shape[1])
+            preempted = watcher.reached(step)
+            save_due = "last" in saver and (
+                preempted or _due(step, config.checkpoint.every_steps, end))
+            eval_due = eval_source is not None and _due(step, config.eval.every_steps,
+                                                        config.num_steps)
+            if save_due or eval_due or preempted or step == end:
                 steps.read_pending()
-                steps.add(step, metrics, host_batch["inputs"].shape[1])
-                preempted = watcher.reached(step)
-                save_due = "last" in saver and (
-                    preempted or _due(step, config.checkpoint.every_steps, end))
-                eval_due = eval_source is not None and _due(step, config.eval.every_steps,
-                                                            config.num_steps)
-                if save_due or eval_due or preempted or step == end:
-                    steps.read_pending()
-                canonical = _Lazy(lambda s=state: _unreplicate(s) if pmap else s)
-                # Whatever is saved at this step is checked first, once.
-                check_finite = _Lazy(lambda s=step, c=canonical: guards.check_state(s, c()))
-                hist_every = config.logging.histogram_every_steps
-                if hist_every and step % hist_every == 0:
-                    tb.write_histograms(writer, step, canonical().params)
-                if eval_due:
-                    eval_metrics = evaluate(config, eval_fn, canonical().params, eval_source,
-                                            None if pmap else mesh)
-                    tb.write_scalars(writer, step, eval_metrics)
-                    eval_history.append({"step": step, **eval_metrics})
-                    if "best" in saver:
-                        check_finite()
-                        saver.save("best", step, canonical(), None, eval_metrics)
-                    stopped_early = _early_stop(config.eval, eval_metrics)
-                if save_due or ("last" in saver and stopped_early):
+            canonical = _Lazy(lambda s=state: _unreplicate(s) if pmap else s)
+            # Whatever is saved at this step is checked first, once.
+            check_finite = _Lazy(lambda s=step, c=canonical: guards.check_state(s, c()))
+            hist_every = config.logging.histogram_every_steps
+            if hist_every and step % hist_every == 0:
+                tb.write_histograms(writer, step, canonical().params)
+            if eval_due:
+                eval_metrics = evaluate(config, eval_fn, canonical().params, eval_source,
+                                        None if pmap else mesh)
+                tb.write_scalars(writer, step, eval_metrics)
+                eval_history.append({"step": step, **eval_metrics})
+                if "best" in saver:
                     check_finite()
-                    saver.save("last", step, canonical(), data_iter)
-                    record.write(step, eval_history, eval_metrics, stopped_early)
-                if preempted:
-                    _stop_for_preemption(saver, writer, watcher.signal_name, step)
-                if stopped_early or preempted:
-                    break
+                    saver.save("best", step, canonical(), None, eval_metrics)
+                stopped_early = _early_stop(config.eval, eval_metrics)
+            if save_due or ("last" in saver and stopped_early):
+                check_finite()
+                saver.save("last", step, canonical(), data_iter)
+                record.write(step, eval_history, eval_metrics, stopped_early)
+            if preempted:
+                _stop_for_preemption(saver, writer, watcher.signal_name, step)
+            if stopped_early or preempted:
+                break
         if steps.history:
             record.write(steps.history[-1]["step"], eval_history, eval_metrics, stopped_early,
                          ended=True)
