@@ -24,7 +24,8 @@ class RunRecord:
     def __init__(self, workdir: str, start: int):
         self._history_path = os.path.join(workdir, HISTORY)
         self._summary_path = os.path.join(workdir, SUMMARY)
-        kept = [h for h in _read_lines(self._history_path) if h["step"] <= start]
+        lines, whole = _read_lines(self._history_path)
+        kept = [h for h in lines if h["step"] <= start]
         summary = _read_json(self._summary_path) or {}
         self.prior_history = kept
         self.prior_eval_history = [e for e in summary.get("eval_history", [])
@@ -33,7 +34,7 @@ class RunRecord:
         # An earlier call that ended (not killed) at `start` logged no step past it.
         self.logged_past_start = not (self.prior_summary or {}).get("ended", False)
         self._unwritten: list = []
-        if jax.process_index() == 0 and os.path.exists(self._history_path):
+        if jax.process_index() == 0 and (len(kept) < len(lines) or not whole):
             _write_atomic(self._history_path, "".join(_line(h) for h in kept))
 
     def add(self, history_entry: dict) -> None:
@@ -70,17 +71,18 @@ def _json_safe(value):
     return value
 
 
-def _read_lines(path: str) -> list:
+def _read_lines(path: str) -> tuple[list, bool]:
+    """(the entries, whether every line was whole)."""
     if not os.path.exists(path):
-        return []
+        return [], True
     entries = []
     with open(path) as f:
         for line in f:
             try:
                 entries.append(json.loads(line))
             except json.JSONDecodeError:  # a line cut short by a kill mid-write
-                break
-    return entries
+                return entries, False
+    return entries, True
 
 
 def _read_json(path: str) -> Optional[dict]:

@@ -63,3 +63,14 @@ def test_metrics_logged_past_the_checkpoint_a_run_resumes_from_are_dropped(tmp_p
     again = fit(config, MODEL, TRAIN_SOURCE, str(tmp_path), devices=DEVICE)
     assert [h["step"] for h in again.history] == list(range(1, 7))
     assert again.history[2:] == resumed.history
+
+
+def test_a_history_line_cut_short_by_a_kill_is_dropped_and_later_lines_are_read(tmp_path):
+    (tmp_path / run_record.HISTORY).write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo')
+    record = run_record.RunRecord(str(tmp_path), start=2)
+    assert record.prior_history == [{"step": 1, "loss": 2.0}]
+    record.add({"step": 2, "loss": 1.5})
+    record.write(2, [], {}, False, ended=True)
+    again = run_record.RunRecord(str(tmp_path), start=2)
+    assert [h["step"] for h in again.prior_history] == [1, 2]
+    assert again.prior_summary["ended"] and not again.logged_past_start
