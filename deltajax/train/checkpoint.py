@@ -19,7 +19,6 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from deltajax.train.schedules import merge_checkpoints
 
@@ -69,18 +68,14 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any,
 
 def _global(state: Any) -> Any:
     """With several processes, arrays that live on this process's devices only (the pmap
-    loop's unreplicated state) become global arrays replicated over every process's devices:
-    orbax saves only global arrays. Every process holds the same values (pmap all-reduces)."""
+    loop's state) become global arrays replicated over every process's devices, from the
+    device copies they already have: orbax saves only global arrays. Every process holds the
+    same values (pmap all-reduces the gradients)."""
     if jax.process_count() == 1:
         return state
-    replicated = NamedSharding(Mesh(np.asarray(jax.devices()), ("all",)), PartitionSpec())
-
-    def to_global(x):
-        if isinstance(x, jax.Array) and x.is_fully_addressable:
-            return jax.make_array_from_process_local_data(replicated, np.asarray(x))
-        return x
-
-    return jax.tree.map(to_global, state)
+    return jax.tree.map(
+        lambda x: ocp.utils.fully_replicated_host_local_array_to_global_array(x)
+        if isinstance(x, jax.Array) and x.is_fully_addressable else x, state)
 
 
 def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,

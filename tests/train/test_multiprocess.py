@@ -1,4 +1,5 @@
-"""Two processes on localhost (gloo CPU collectives) train together and agree."""
+"""Two processes on localhost (gloo CPU collectives) train together and agree, with jit and
+with pmap (whose save and resume need global arrays)."""
 
 import json
 import os
@@ -16,7 +17,7 @@ from tests.train.multiprocess_worker import multiprocess_config
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def test_two_processes_train_the_same_model_as_one_process(tmp_path):
+def test_two_processes_train_the_same_model_as_one_process_and_pmap_resumes(tmp_path):
     port = portpicker.pick_unused_port()
     env = {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu"}
     outputs = [tmp_path / f"process{i}.json" for i in range(2)]
@@ -38,7 +39,14 @@ def test_two_processes_train_the_same_model_as_one_process(tmp_path):
     assert results[0]["processes"] == 2 and results[0]["devices"] == 4
     assert results[0]["losses"] == results[1]["losses"]
     assert results[0]["checksum"] == results[1]["checksum"]
-    assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["2", "4"]
+    assert sorted(os.listdir(tmp_path / "run" / "jit" / "checkpoints")) == ["2", "4"]
+    # pmap: the unreplicated state lives on each process's devices; it saves, and a run
+    # stopped at step 2 resumes to the state of the uninterrupted (jit) run.
+    assert sorted(os.listdir(tmp_path / "run" / "pmap" / "checkpoints")) == ["2", "4"]
+    for result in results:
+        assert result["pmap_steps"] == [[1, 2], [3, 4]]
+        np.testing.assert_allclose(result["pmap_losses"], result["losses"], rtol=1e-6)
+        assert result["pmap_vs_jit"] <= 1e-6
     single = fit(multiprocess_config(), MODEL, TRAIN_SOURCE, str(tmp_path / "single"),
                  devices=jax.devices()[:1])
     np.testing.assert_allclose(results[0]["losses"], [h["loss"] for h in single.history],
