@@ -179,7 +179,9 @@ def _finished_result(config, state, start: int, record: RunRecord) -> Optional[F
     """The result of a run that had reached num_steps or stopped early, or None."""
     summary = record.prior_summary or {}
     eval_metrics = summary.get("eval_metrics", {})
+    # Stopped early and still would with this config's early-stop setting.
     early = (summary.get("stopped_early", False) and start > 0
+             and config.eval.early_stop_metric in eval_metrics
              and _early_stop(config.eval, eval_metrics))
     if start < config.num_steps and not early:
         return None
