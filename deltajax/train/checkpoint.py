@@ -23,7 +23,6 @@ from absl import logging
 from deltajax.train.schedules import merge_checkpoints
 
 CORRUPT_PREFIX = "corrupt_step_"
-ITEMS = ("state", "data")
 
 
 def _handlers() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
@@ -145,7 +144,9 @@ def _restore_items(manager: ocp.CheckpointManager, step: int, **items) -> Any:
 
 def _skip(name: str, step: int, error: Exception) -> tuple[int, str]:
     lines = str(error).strip().splitlines()
-    cause = f"{type(error).__name__}: {lines[0] if lines else ''}"
+    first = lines[0] if lines else ""
+    # tensorstore appends its whole JSON spec to the first line: keep the reason only.
+    cause = f"{type(error).__name__}: {first if len(first) <= 200 else first[:200] + '...'}"
     logging.warning("checkpoint step %d of %s cannot be read (%s); trying the previous one",
                     step, name, cause)
     return step, cause
