@@ -178,6 +178,11 @@ def _override(base: dict, overrides: dict, path: str) -> dict:
     return merged
 
 
+class Preempted(Exception):
+    """Raised by a study's train_fn when fit returned preempted (SIGTERM/SIGINT, after saving):
+    the sweep stops before writing that run's result.json, and main() exits 0."""
+
+
 def run_sweep(config, workdir: str, train_fn: Callable, *,
               after_each: Optional[Callable[[list], None]] = None, log=log) -> list:
     """train_fn(run_config, run_dir) -> result dict, for every selected run, in order.
@@ -289,7 +294,11 @@ def main(module: str, run_study_fn: Callable, default_config: str, default_workd
         del argv
         absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
         FLAGS = flags.FLAGS
-        run_study_fn(FLAGS.config, FLAGS.workdir, out=FLAGS.out, report_only=FLAGS.report_only,
-                     command=command_line(module, drop=("--report_only",)))
+        try:
+            run_study_fn(FLAGS.config, FLAGS.workdir, out=FLAGS.out,
+                         report_only=FLAGS.report_only,
+                         command=command_line(module, drop=("--report_only",)))
+        except Preempted as stop:  # saved: the same command resumes; exit 0 for the scheduler
+            absl_logging.warning("%s", stop)
 
     app.run(_main)

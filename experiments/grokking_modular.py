@@ -109,7 +109,9 @@ def train_and_evaluate(config, workdir: str, *, devices=None,
     curves_path = os.path.join(workdir, "curves.json")
     curves = study.read_json(curves_path, {"eval": {}, "train": {}, "wall_s": 0.0})
     ckpt_dir = os.path.join(workdir, "checkpoints")
-    writer = tb.make_writer(os.path.join(workdir, "tensorboard"))
+    # Its own folder: fit's writer in tensorboard/ purges steps after a resume point, which
+    # would hide this writer's later events if they shared a folder.
+    writer = tb.make_writer(os.path.join(workdir, "tensorboard", "grokking"))
     done = max((int(k) for k in curves["eval"]), default=0)
     try:
         while done < trainer.num_steps and not _grokked(curves, s.threshold, s.stop_after_grok):
@@ -126,6 +128,9 @@ def train_and_evaluate(config, workdir: str, *, devices=None,
             curves["wall_s"] += time.perf_counter() - start
             study.write_json(curves_path, curves)
             last = curves["eval"].get(str(done), {})
+            if result.preempted:
+                raise study.Preempted(f"{workdir}: preempted after step {done} (saved and "
+                                      "evaluated); run the same command again to resume")
             log(f"{workdir}: step {done} train_acc {last.get('train_accuracy', 0):.3f} "
                 f"test_acc {last.get('test_accuracy', 0):.3f} ({curves['wall_s']:.0f} s)")
     finally:

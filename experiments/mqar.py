@@ -76,6 +76,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     start = time.perf_counter()
     fitted = fit(train, build_model(config), make_source(config, split="train"), workdir,
                  eval_source=eval_source)
+    if fitted.preempted:
+        raise study.Preempted(f"{workdir}: preempted after step {int(fitted.state.step)} "
+                              "(saved); run the same command again to resume")
     metrics = fitted.eval_metrics
     if not metrics:  # resumed after its last step: evaluate the restored model
         eval_fn = jax.jit(functools.partial(eval_step, model=build_model(config)))

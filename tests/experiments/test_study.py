@@ -150,3 +150,18 @@ def test_interleaved_medians_rotate_the_order_of_the_candidates():
     assert "".join(calls) == "abc" + "abc" + "bca" + "cab"
     with pytest.raises(ValueError, match="repeats"):
         study.interleaved_medians(fns, 1, repeats=0)
+
+
+def test_a_preempted_run_stops_the_sweep_without_a_result_and_runs_again(tmp_path):
+    calls = []
+
+    def preempted(config, run_dir):
+        calls.append(config.name)
+        raise study.Preempted(f"{run_dir}: preempted")
+
+    with pytest.raises(study.Preempted):
+        study.run_sweep(_config(), str(tmp_path), preempted, log=lambda _: None)
+    assert len(calls) == 1  # the sweep stops at the preempted run
+    assert not os.path.exists(os.path.join(tmp_path, "runs", calls[0], "result.json"))
+    again = study.run_sweep(_config(), str(tmp_path), _fake_train([]), log=lambda _: None)
+    assert len(again) == 4  # the preempted run is not taken as finished
