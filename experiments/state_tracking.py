@@ -30,20 +30,21 @@ from deltajax.train.config import merge_with_defaults
 matplotlib.use("Agg")  # files only; no display on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 
-# What the papers report for a (task, mixer) of the sweep, beside our numbers. Qualitative:
-# the claims as the papers state them (Grazzi et al. 2025, Table 2 and Sec. 5; Siems et al.
-# 2025, Sec. 5 and its Fig. on S3/S4/A5/S5 extrapolation).
+# What the papers claim for a (task, mixer) of the sweep, beside our numbers: qualitative, as
+# stated by Grazzi et al. 2025 (Table 2, Theorems 1-2), Siems et al. 2025 (DeltaProduct,
+# Sec. 5) and Deletang et al. 2023; "theory" marks a consequence of a theorem, not a run.
 PUBLISHED = {
     ("parity", "deltanet"): "fails (beta in [0,1]; Grazzi Tab. 2)",
     ("parity", "deltanet_neg"): "solves (beta in [0,2]; Grazzi Tab. 2)",
-    ("parity", "gated_deltanet"): "fails (positive eigenvalues; Grazzi Thm. 1)",
-    ("parity", "gated_deltanet_neg"): "can solve (negative eigenvalues)",
-    ("parity", "attention"): "fails to extrapolate (Grazzi Tab. 2, Transformer)",
+    ("parity", "gated_deltanet"): "fails (theory: eigenvalues >= 0, Grazzi Thm. 1)",
+    ("parity", "gated_deltanet_neg"): "can solve (theory: negative eigenvalues)",
+    ("parity", "linear_attention"): "fails (theory: the transition is I)",
+    ("parity", "attention"): "fails to extrapolate (Deletang et al. 2023)",
     ("modular_arithmetic", "deltanet"): "partial (Grazzi Tab. 2)",
     ("modular_arithmetic", "deltanet_neg"): "better than [0,1] (Grazzi Tab. 2)",
     ("S3", "deltaproduct1_neg"): "fails in 1 layer (Siems: n_h = 1 is DeltaNet)",
     ("S3", "deltaproduct2_neg"): "solves and extrapolates (Siems)",
-    ("S3", "deltaproduct2"): "fails (needs negative eigenvalues; Siems)",
+    ("S3", "deltaproduct2"): "fails (theory: [0,1] factors give real eigenvalues >= 0)",
     ("S4", "deltaproduct2_neg"): "solves (S4 in SO(3): 2 reflections; Siems)",
     ("A5", "deltaproduct2_neg"): "solves (A5 in SO(3); Siems)",
     ("S5", "deltaproduct4_neg"): "solves (n_h = n - 1 = 4; Siems)",
@@ -212,8 +213,10 @@ def report(config, results: list, workdir: str, png_path: str) -> tuple:
     del workdir  # the results hold all the table needs
     plot(config, results, png_path)
     m, train = config.model, config.train
+    conv = "off" if m.conv is not None and not m.conv.get("enabled", True) else "on"
     about = (f"One recipe for every mixer: {m.num_layers} layer(s), d_model {m.d_model}, "
-             f"{m.num_heads} heads, MLP {m.mlp}; AdamW lr {train.optimizer.learning_rate:g}, "
+             f"{m.num_heads} heads, MLP {m.mlp}, short convolutions {conv} (a run's own "
+             f"fields are in its config.json); AdamW lr {train.optimizer.learning_rate:g}, "
              f"batch {train.global_batch_size}, at most {train.num_steps} steps, stopping "
              "early (\"solved\") once every in-distribution eval position is right. Cells: "
              "accuracy (%) over the positions of a bin, "
