@@ -47,8 +47,9 @@ class Attention(nn.Module):
         return self.o_proj(o_BTHD.reshape(B, T, -1))
 
     def extend(self, x_BTD: jax.Array, cache: dict) -> tuple[jax.Array, dict]:
-        """Appends x's tokens to the KV cache and attends over it. The caller keeps
-        pos + T <= max_len (`generate` checks it): an overflowing write would be clamped."""
+        """Appends x's tokens to the KV cache and attends over it. Past the cache's max_len
+        (pos + T > max_len) cached_attention raises (concrete pos) or gives NaN (traced): the
+        clamped write would otherwise give wrong logits."""
         B, T, _ = x_BTD.shape
         start = cache["pos"]
         q, k, v = self._project(x_BTD, start + jnp.arange(T))

@@ -6,6 +6,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from deltajax.ops import checks
 from deltajax.ops.backend import check_chunk_size, clamp_chunk
 
 _PRECISION = jax.lax.Precision.HIGHEST
@@ -33,15 +34,28 @@ def causal_attention(q_BTHD, k_BTHD, v_BTHD, *, window: Optional[int] = None) ->
 
 def cached_attention(q_BTHD, k_cache_BSHD, v_cache_BSHD, *, start: jax.Array,
                      window: Optional[int] = None) -> jax.Array:
-    """Queries at positions start .. start+T-1 against a cache already holding their keys."""
+    """Queries at positions start .. start+T-1 against a cache already holding their keys.
+
+    Those positions must lie in the cache (0 <= start, start + T <= S): beyond it their keys were
+    never written (dynamic_update_slice clamps), so a concrete `start` that overflows raises a
+    ValueError and a traced one makes the output NaN.
+    """
     T, S = q_BTHD.shape[1], k_cache_BSHD.shape[1]
+    values = checks.concrete(start)
+    invalid = None
+    if values is None:
+        invalid = (start < 0) | (start + T > S)
+    elif values < 0 or values + T > S:
+        raise ValueError(f"start={int(values)}: queries at positions {int(values)}..."
+                         f"{int(values) + T - 1} do not fit a KV cache of {S} positions "
+                         f"(give init_cache a max_len of at least {int(values) + T})")
     query_pos_T1 = start + jnp.arange(T)[:, None]
     key_pos_1S = jnp.arange(S)[None, :]
     visible_TS = key_pos_1S <= query_pos_T1
     if window is not None:
         visible_TS = visible_TS & (key_pos_1S > query_pos_T1 - window)
-    return jax.nn.dot_product_attention(q_BTHD, k_cache_BSHD, v_cache_BSHD,
-                                        mask=visible_TS[None, None])
+    return checks.poison(invalid, jax.nn.dot_product_attention(
+        q_BTHD, k_cache_BSHD, v_cache_BSHD, mask=visible_TS[None, None]))
 
 
 def linear_attention(

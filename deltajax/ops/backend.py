@@ -14,7 +14,6 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from deltajax.ops import auto_table
-from pallas_kernels.block_sizes import BlockSizes
 
 PALLAS_TARGET_ENV = "DELTAJAX_PALLAS_TARGET"
 
@@ -100,7 +99,11 @@ def resolve(backend: Backend, *, seq_len: int, head_dim: int, chunk_size: int, p
 
     def pallas(chunk):
         target, interpret = pallas_target(platform)
-        smallest = BlockSizes.for_target(target).min_chunk if min_chunk is None else min_chunk
+        smallest = min_chunk
+        if smallest is None:
+            # Imported here so that `import deltajax` on CPU does not load the Pallas kernels.
+            from pallas_kernels.block_sizes import BlockSizes
+            smallest = BlockSizes.for_target(target).min_chunk
         return Resolved(Backend.PALLAS, clamp_chunk(chunk, seq_len, smallest), target, interpret)
 
     match backend:

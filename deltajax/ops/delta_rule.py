@@ -7,9 +7,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from deltajax.ops import checks
 from deltajax.ops.backend import Backend, Resolved, check_chunk_size, parse_backend, resolve
 from deltajax.ops.chunked import delta_rule_chunked
-from deltajax.ops.pallas import delta_rule_pallas
 from deltajax.ops.recurrent import delta_rule_recurrent
 
 # The values `backend` accepts, for callers that validated strings before Backend existed.
@@ -37,11 +37,15 @@ def delta_rule(
         S_t = exp(g_t) S_{t-1};  S_t = S_t + beta_t k_t (v_t - S_t^T k_t)^T;
         o_t = S_t^T (scale q_t)
 
+    Layout: time before heads, [batch, time, heads, head_dim], as FLA today. Arrays in the
+    head-first layout of older FLA releases ([batch, heads, time, head_dim], head_first=True) have
+    the same rank and are not detectable in general: transpose them with .swapaxes(1, 2).
+
     Args:
       q, k: [batch, time, heads, K]. Not normalised here (DeltaNet layers L2-normalise them).
       v: [batch, time, heads, V].
-      beta: [batch, time, heads], in [0, 1] (classic) or [0, 2] (negative eigenvalues).
-      gate: [batch, time, heads] log-decay g <= 0 (Gated DeltaNet); None means no decay.
+      beta: [batch, time, heads], finite, in [0, 1] (classic) or [0, 2] (negative eigenvalues).
+      gate: [batch, time, heads] finite log-decay g <= 0 (Gated DeltaNet); None means no decay.
       scale: multiplies q; default K ** -0.5.
       initial_state: [batch, heads, K, V], the state before token 1 (of the first segment).
       segment_ids: [batch, time] integers, non-decreasing. The state resets to zero where the id
@@ -57,8 +61,9 @@ def delta_rule(
 
     Returns:
       (o [batch, time, heads, V] in the dtype of v, final_state [batch, heads, K, V] float32 or
-      None). Values outside the domain (gate > 0, decreasing segment_ids) raise a ValueError when
-      the arrays are concrete; under a transformation (jit, grad) they make o all NaN instead.
+      None). Values outside the domain (beta outside [0, 2], a gate > 0, non-finite beta or gate,
+      decreasing segment_ids) raise a ValueError naming the argument when the arrays are concrete;
+      under a transformation (jit, grad, vmap) they make o, final_state and every gradient NaN.
     """
     B, T, H, K, V = _check_shapes(q, k, v, beta, gate, initial_state, segment_ids)
     _check_dtypes(q, k, v, beta, gate, initial_state, segment_ids)
@@ -68,7 +73,7 @@ def delta_rule(
         scale = K ** -0.5
     elif not isinstance(scale, (int, float, np.number)):
         raise ValueError(f"scale must be a Python number or None, got {type(scale).__name__}")
-    invalid = _check_values(gate, segment_ids)
+    invalid = _check_values(beta, gate, segment_ids)
 
     request = dict(seq_len=T, head_dim=K, chunk_size=chunk_size, platform=jax.default_backend(),
                    min_chunk=None if block_sizes is None else block_sizes.min_chunk)
@@ -87,8 +92,7 @@ def delta_rule(
         o, final_state = _evaluate_one_differentiate_other(evaluated, differentiated, static,
                                                            arrays)
 
-    if invalid is not None:
-        o = jnp.where(invalid, jnp.array(jnp.nan, o.dtype), o)
+    o, final_state = checks.poison(invalid, (o, final_state))
     return o, (final_state if return_final_state else None)
 
 
@@ -101,6 +105,10 @@ def _run(path: Resolved, static, arrays):
         case Backend.CHUNKED:
             return delta_rule_chunked(**arrays, scale=scale, chunk_size=path.chunk_size)
         case Backend.PALLAS:
+            # Imported here: the Pallas stack costs an import that CPU users of the other paths
+            # never need.
+            from deltajax.ops.pallas import delta_rule_pallas
+
             # block_sizes only when given, so the call works with either kernel API.
             extra = {} if block_sizes is None else dict(block_sizes=block_sizes)
             return delta_rule_pallas(**arrays, scale=scale, chunk_size=path.chunk_size,
@@ -130,8 +138,14 @@ def _differentiated_bwd(evaluated, differentiated, static, pullback, cotangents)
 _evaluate_one_differentiate_other.defvjp(_differentiated_fwd, _differentiated_bwd)
 
 
+# Every shape error ends with this: old FLA's head-first arrays pass the rank checks.
+LAYOUT_HINT = ("(delta_rule takes q, k, v as [batch, time, heads, head_dim]; arrays in the "
+               "head-first layout of older FLA releases, [batch, heads, time, head_dim], need "
+               ".swapaxes(1, 2))")
+
+
 def _shape_error(name, expected, x):
-    return ValueError(f"{name} must have shape {expected}, got {tuple(x.shape)}")
+    return ValueError(f"{name} must have shape {expected}, got {tuple(x.shape)} {LAYOUT_HINT}")
 
 
 def _check_shapes(q, k, v, beta, gate, initial_state, segment_ids):
@@ -141,7 +155,8 @@ def _check_shapes(q, k, v, beta, gate, initial_state, segment_ids):
     B, T, H, K = q.shape
     V = v.shape[-1]
     if T < 1:
-        raise ValueError(f"q must have at least one time step, got shape {tuple(q.shape)}")
+        raise ValueError(f"q must have at least one time step, got shape {tuple(q.shape)} "
+                         f"{LAYOUT_HINT}")
     if k.shape != q.shape:
         raise _shape_error("k", f"{tuple(q.shape)} like q", k)
     if v.shape[:3] != (B, T, H):
@@ -167,29 +182,27 @@ def _check_dtypes(q, k, v, beta, gate, initial_state, segment_ids):
         raise ValueError(f"segment_ids must have an integer dtype, got {segment_ids.dtype}")
 
 
-def _concrete(x) -> Optional[np.ndarray]:
-    """The values of x, or None when x is traced (inside jit, grad, vmap, ...)."""
-    try:
-        return np.asarray(x)
-    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-        return None
-
-
-def _check_values(gate, segment_ids) -> Optional[jax.Array]:
+def _check_values(beta, gate, segment_ids) -> Optional[jax.Array]:
     """Raises on out-of-domain concrete values; returns a traced 'invalid' flag otherwise."""
-    traced_flags = []
-    if gate is not None:
-        values = _concrete(gate)
+    # Written as "not (in the domain)" so NaN, which fails every comparison, is invalid too.
+    in_domain = dict(beta=lambda x: (x >= 0) & (x <= 2),
+                     gate=lambda x: (x <= 0) & (x > -np.inf))
+    messages = dict(beta="beta must be finite and in [0, 2] ([0, 1] classic, up to 2 for negative "
+                         "eigenvalues) everywhere",
+                    gate="gate must be a finite log-decay <= 0 everywhere")
+    flags = []
+    for name, x in (("beta", beta), ("gate", gate)):
+        if x is None:
+            continue
+        values = checks.concrete(x)
         if values is None:
-            traced_flags.append(jnp.any(gate > 0))
-        elif np.any(values > 0) or not np.all(np.isfinite(values)):
-            raise ValueError("gate must be a finite log-decay <= 0 everywhere")
+            flags.append(jnp.any(~in_domain[name](x)))
+        elif not np.all(ok := in_domain[name](values)):
+            raise ValueError(f"{messages[name]}, got {checks.first(values, ~ok)}")
     if segment_ids is not None:
-        values = _concrete(segment_ids)
+        values = checks.concrete(segment_ids)
         if values is None:
-            traced_flags.append(jnp.any(segment_ids[:, 1:] < segment_ids[:, :-1]))
+            flags.append(jnp.any(segment_ids[:, 1:] < segment_ids[:, :-1]))
         elif np.any(np.diff(values, axis=1) < 0):
             raise ValueError("segment_ids must be non-decreasing along time")
-    if not traced_flags:
-        return None
-    return jnp.any(jnp.stack(traced_flags))
+    return checks.any_invalid(flags)
