@@ -1,5 +1,7 @@
-"""TensorBoard event files (tensorboardX) and the progress bar. Only process 0 writes."""
+"""TensorBoard event files (tensorboardX), the progress bar and the status lines a log file
+reads. Only process 0 writes."""
 
+import logging as py_logging
 import os
 import sys
 import time
@@ -8,6 +10,7 @@ from typing import Optional
 import jax
 import numpy as np
 import tqdm
+from absl import logging
 from tensorboardX import SummaryWriter
 from tensorboardX.summary import hparams
 
@@ -68,3 +71,84 @@ def progress_bar(total: int, initial: int, enabled: bool) -> tqdm.tqdm:
             and not os.environ.get("CI"))
     return tqdm.tqdm(total=total, initial=initial, disable=not show, unit="step",
                      dynamic_ncols=True)
+
+
+class Progress:
+    """A run's progress as fit reports it: the tqdm bar where one is shown (progress_bar), else
+    (a log file, CI, a notebook, config.logging.progress_bar=False) one absl INFO line
+
+        step 1200/25000 (4.8%): loss 2.3456, 15,234 tokens/s, 0.071 s/step, ETA 28m10s
+
+    at the first step of the call, at the steps where the train scalars are written (multiples
+    of every_steps; at most one per min_interval_s, as tqdm's mininterval, so that a fast run's
+    log stays readable), and at the last. tokens/s and s/step are since the previous line;
+    the first step's line gives its time alone (compilation). Process 0 only."""
+
+    min_interval_s = 10.0
+
+    def __init__(self, total: int, initial: int, end: int, *, enabled: bool, every_steps: int):
+        self._bar = progress_bar(total, initial, enabled)
+        self._lines = self._bar.disable and jax.process_index() == 0
+        self._total, self._first, self._end, self._every = total, initial + 1, end, every_steps
+        self._last_line = time.perf_counter()
+        self._tokens = self._seconds = 0.0
+        self._steps = 0
+
+    def update(self, step: int, metrics: dict) -> None:
+        """After `step` with its host metrics (loss, tokens_per_s, step_time_s)."""
+        self._bar.update(1)
+        self._bar.set_postfix(loss=f"{metrics['loss']:.4f}",
+                              tok_s=f"{metrics['tokens_per_s']:.0f}")
+        if not self._lines:
+            return
+        self._tokens += metrics["tokens_per_s"] * metrics["step_time_s"]
+        self._seconds += metrics["step_time_s"]
+        self._steps += 1
+        now = time.perf_counter()
+        due = (step % self._every == 0 and now - self._last_line >= self.min_interval_s)
+        if not (step == self._first or step == self._end or due):
+            return
+        head = f"step {step}/{self._total} ({100 * step / self._total:.1f}%): " \
+               f"loss {metrics['loss']:.4f}"
+        if step == self._first:
+            logging.info("%s, first step %.1f s (with compilation)", head, self._seconds)
+        else:
+            per_step = self._seconds / self._steps
+            logging.info("%s, %s tokens/s, %.3g s/step, ETA %s", head,
+                         f"{self._tokens / self._seconds:,.0f}", per_step,
+                         _duration(per_step * (self._total - step)))
+        self._last_line, self._tokens, self._seconds, self._steps = now, 0.0, 0.0, 0
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def _duration(seconds: float) -> str:
+    """'1h02m', '28m10s', '42s'."""
+    seconds = round(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
+
+
+def show_status_lines() -> None:
+    """Shows deltajax's absl INFO lines (fit's status, below) on stderr, and keeps the other
+    libraries' INFO out: orbax logs every save at INFO. The study scripts call it; a notebook
+    may, to see fit's progress without a terminal."""
+    logging.set_verbosity(logging.INFO)
+    logging.use_absl_handler()
+    handler = logging.get_absl_handler()
+    if not any(isinstance(f, _DeltajaxInfoOnly) for f in handler.filters):
+        handler.addFilter(_DeltajaxInfoOnly())
+
+
+class _DeltajaxInfoOnly(py_logging.Filter):
+    """Warnings and errors of every library; INFO and below from deltajax's own files only."""
+
+    _package = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+    def filter(self, record: py_logging.LogRecord) -> bool:
+        return (record.levelno >= py_logging.WARNING
+                or os.path.abspath(record.pathname).startswith(self._package))

@@ -101,7 +101,8 @@ def _train(config, model, train_source, workdir, eval_source, devices, stop_at,
     if start == 0:
         tb.write_config(writer, config)
     end = config.num_steps if stop_at is None else min(stop_at, config.num_steps)
-    bar = tb.progress_bar(config.num_steps, start, config.logging.progress_bar)
+    bar = tb.Progress(config.num_steps, start, end, enabled=config.logging.progress_bar,
+                      every_steps=config.logging.every_steps)
     steps = _StepLog(config, writer, bar, record, end, pmap)
     eval_metrics, eval_history, stopped_early, preempted = {}, [], False, False
     failed = True
@@ -222,8 +223,7 @@ class _StepLog:
         entry = {"step": step, **metrics}
         self.history.append(entry)
         self._record.add(entry)
-        self._bar.update(1)
-        self._bar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
+        self._bar.update(step, metrics)
         if step % self._config.logging.every_steps == 0 or step == self._end:
             tb.write_scalars(self._writer, step, {f"train/{k}": v for k, v in metrics.items()
                                                   if k != "tokens"})
