@@ -1,23 +1,29 @@
 """Grokking on modular arithmetic (python -m experiments.grokking_modular).
 
-    --config=configs/grokking.py:nanda   Nanda et al. 2023: p=113, a+b, 30% train, 1 layer,
-                                         full batch
-    --config=configs/grokking.py:cpu     the same recipe at p=53 and 50% train: what a 2-core CPU
-                                         shared with other jobs trains in minutes
-    --config=configs/grokking.py:power   Power et al. 2022: p=97, a/b, 2 layers, batch 512,
-                                         1e5 steps
-    --config=configs/grokking.py:smoke   seconds, for tests
+    --config=configs/grokking.py:<preset>           one run: PRESETS below
+    --config=configs/grokking.py:<preset>,<sweep>   a sweep over one field: SWEEPS below
 
-A preset is one run; `<preset>,<sweep>` (e.g. `cpu,mixer`) is a sweep over one field, with
-everything else as in the preset: mixer (attention, deltanet, gated_deltanet), weight_decay,
-train_fraction. `--config.only='deltanet-*'` runs part of a sweep (one mixer).
+A sweep keeps everything else as in the preset (e.g. `cpu,mixer`); `--help` lists both.
+`--config.only='deltanet-*'` runs part of a sweep (one mixer).
 """
 
 import ml_collections
 
 from deltajax.study import named_run, run_id
 
-PRESETS = ("nanda", "cpu", "power", "smoke")
+# A preset -> one line for --help.
+PRESETS = {
+    "nanda": "Nanda et al. 2023: p=113, a+b, 30% train, 1 layer, full batch",
+    "cpu": "the same recipe at p=53 and 50% train: what a shared 2-core CPU trains in minutes",
+    "power": "Power et al. 2022: p=97, a/b, 2 layers, batch 512, 1e5 steps",
+    "smoke": "seconds, for the tests",
+}
+# A sweep -> one line for --help (the smoke preset sweeps fewer values).
+SWEEPS = {
+    "mixer": "attention, deltanet, gated_deltanet",
+    "weight_decay": "0, 0.1, 1",
+    "train_fraction": "0.3, 0.5",
+}
 # A mixer -> its model fields. Sequences are 3 tokens: a delta-rule chunk of 4 wastes little.
 MIXERS = {
     "attention": dict(mixer="attention"),
@@ -29,7 +35,7 @@ MIXERS = {
 def get_config(arg: str = "nanda") -> ml_collections.ConfigDict:
     preset, _, sweep_name = arg.partition(",")
     if preset not in PRESETS:
-        raise ValueError(f"configs/grokking.py preset must be one of {PRESETS} (optionally "
+        raise ValueError(f"configs/grokking.py preset must be one of {tuple(PRESETS)} (optionally "
                          f"',<sweep>'), got {preset!r}")
     c = _nanda()
     c.preset = arg

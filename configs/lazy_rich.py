@@ -1,7 +1,6 @@
 """Lazy-to-rich grokking (Kumar et al., ICLR 2024): python -m experiments.lazy_rich.
 
-    --config=configs/lazy_rich.py:kumar   D=100, P=550 train / 1000 test, N=500; alpha x eps sweep
-    --config=configs/lazy_rich.py:smoke   seconds, for tests
+    --config=configs/lazy_rich.py:<preset>, the presets in PRESETS below (`--help` lists them)
 
 `--config.only='a4-*'` runs part of the sweep (alpha = 4).
 """
@@ -10,11 +9,17 @@ import ml_collections
 
 from deltajax.study import named_run, run_id
 
+# A preset -> one line for --help.
+PRESETS = {
+    "kumar": "Kumar et al.: D=100, P=550 train / 1000 test, N=500; alpha 1/4-64 x eps 0.02, 0.25",
+    "smoke": "seconds, for the tests",
+}
+
 
 def get_config(preset: str = "kumar") -> ml_collections.ConfigDict:
-    presets = ("kumar", "smoke")
-    if preset not in presets:
-        raise ValueError(f"configs/lazy_rich.py preset must be one of {presets}, got {preset!r}")
+    if preset not in PRESETS:
+        raise ValueError(f"configs/lazy_rich.py preset must be one of {tuple(PRESETS)}, got "
+                         f"{preset!r}")
     c = ml_collections.ConfigDict()
     c.preset = preset
     c.seed = 0

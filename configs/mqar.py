@@ -2,14 +2,9 @@
 
     python -m experiments.mqar --config=configs/mqar.py:cpu --workdir=runs/mqar-cpu
 
-Presets:
-  paper      the published sweep: 6 mixers x d_model {64..512} x 4 (seq_len, kv pairs) x 4 lrs,
-             vocab 8192, 100k training sequences per setting; for a GPU or TPU.
-  cpu_sweep  the same grid for seq_len <= 256, shrunk (vocab, data, steps) to fit 2 CPU cores.
-  cpu        `make run`: 3 mixers at one setting where linear attention falls behind; minutes.
-  smoke      seconds, for the tests.
-Fields shared by every run are flags (--config.model.delta_rule.backend=recurrent,
---config.train.num_steps=100); --config.only='deltanet-*,attention-*' runs part of the sweep.
+The presets are PRESETS below (`--help` lists them). Fields shared by every run are flags
+(--config.model.delta_rule.backend=recurrent, --config.train.num_steps=100);
+--config.only='deltanet-*,attention-*' runs part of the sweep.
 """
 
 import ml_collections
@@ -17,6 +12,14 @@ import numpy as np
 
 from deltajax.study import named_run, run_id
 
+# A preset -> one line for --help.
+PRESETS = {
+    "paper": "the published sweep: 6 mixers x d_model 64-512 x 4 (seq_len, kv pairs) x 4 lrs, "
+             "vocab 8192, 100k sequences per setting; for a GPU or TPU",
+    "cpu_sweep": "the same grid for seq_len <= 256, shrunk (vocab, data, steps) for 2 CPU cores",
+    "cpu": "`make run`: 3 mixers at one setting where linear attention falls behind; minutes",
+    "smoke": "seconds, for the tests",
+}
 # (seq_len, num_kv_pairs) of the published grid.
 PAPER_SETTINGS = ((64, 4), (128, 8), (256, 16), (512, 64))
 PAPER_LEARNING_RATES = tuple(float(lr) for lr in np.logspace(-4, -2, 4))
@@ -33,9 +36,9 @@ MIXERS = {
 
 
 def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
-    presets = ("paper", "cpu_sweep", "cpu", "smoke")
-    if preset not in presets:
-        raise ValueError(f"configs/mqar.py preset must be one of {presets}; got {preset!r}")
+    if preset not in PRESETS:
+        raise ValueError(f"configs/mqar.py preset must be one of {tuple(PRESETS)}; got "
+                         f"{preset!r}")
     c = ml_collections.ConfigDict()
     c.preset = preset
     c.seed = 0

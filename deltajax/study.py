@@ -275,24 +275,87 @@ def run_study(config, workdir: str, *, study: str, train_fn: Callable, report: C
     return results
 
 
+def resolve_config_arg(arg: str, root: str) -> str:
+    """`<file>[:<preset>]` with a relative file that does not exist from the current directory
+    taken from `root` (the repository) where it exists there, so that `--config=configs/x.py`
+    works from any directory; anything else unchanged (the loader's error names it)."""
+    path, colon, preset = arg.partition(":")
+    if path and not os.path.isabs(path) and not os.path.exists(path):
+        candidate = os.path.join(root, path)
+        if os.path.exists(candidate):
+            return candidate + colon + preset
+    return arg
+
+
+def resolve_config_argv(argv: list, root: str) -> list:
+    """argv with the file of --config=<file>[:<preset>] (or `--config <file>`) resolved by
+    resolve_config_arg; --config.<field> overrides untouched."""
+    resolved = list(argv)
+    for i, arg in enumerate(resolved):
+        name, eq, value = arg.partition("=")
+        if name in ("--config", "-config"):
+            if eq:
+                resolved[i] = f"{name}={resolve_config_arg(value, root)}"
+            elif i + 1 < len(resolved):
+                resolved[i + 1] = resolve_config_arg(resolved[i + 1], root)
+    return resolved
+
+
+def config_help(config_file: str) -> str:
+    """The help of --config: the presets of the config module, and its sweeps, one line each,
+    from its PRESETS and SWEEPS mappings ({name: one-line description}) when it has them."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_study_config_help", config_file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    name = os.path.join(os.path.basename(os.path.dirname(config_file)),
+                        os.path.basename(config_file))
+    lines = []
+    for title, table in ((f"Presets ({name}:<preset>):", getattr(module, "PRESETS", None)),
+                         (f"Sweeps ({name}:<preset>,<sweep>):", getattr(module, "SWEEPS", None))):
+        if isinstance(table, dict):
+            width = max(map(len, table))
+            lines += ["", title] + [f"  {key.ljust(width)}  {text}" for key, text in table.items()]
+    return "\n".join(lines[1:])
+
+
 def main(module: str, run_study_fn: Callable, default_config: str, default_workdir: str) -> None:
     """The absl entry point of a study script: --config=configs/<study>.py:<preset> (with
     --config.<field>=... overrides), --workdir, --out and --report_only. Flags are defined here,
-    when the script runs, so that tests import several study modules into one process."""
+    when the script runs, so that tests import several study modules into one process.
+
+    A relative --config file is read from the current directory, else from the repository the
+    script sits in; --workdir and --out are relative to the current directory (a study's
+    outputs go where it is started, like any command's)."""
     from absl import app, flags
     from absl import logging as absl_logging
     from ml_collections import config_flags
 
+    from deltajax.train import logging as train_logging
+
+    # The repository: the parent of the script's experiments/ folder.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(sys.modules["__main__"].__file__)))
+    default_config = resolve_config_arg(default_config, root)
+    # The presets go under the script's docstring, which --help prints as written ("%" escaped:
+    # absl formats it with %); a flag's help would be re-wrapped.
+    script = sys.modules["__main__"]
+    script.__doc__ = ((script.__doc__ or "").rstrip("\n") + "\n\n"
+                      + config_help(default_config.partition(":")[0]).replace("%", "%%") + "\n")
     config_flags.DEFINE_config_file("config", default_config,
-                                    "configs/<study>.py:<preset>; fields as --config.<field>=...")
+                                    "configs/<study>.py:<preset> (the presets above); fields as "
+                                    "--config.<field>=...")
     flags.DEFINE_string("workdir", default_workdir, "Runs go to <workdir>/runs/<run name>/.")
     flags.DEFINE_string("out", None, "Also write the table, figure and config to <out>.md, "
                         ".png, .json (e.g. benchmarks/results/cpu-mqar-sweep).")
     flags.DEFINE_bool("report_only", False, "Report the runs already finished; train nothing.")
+    # Key flags of the script (absl's --help lists those of sys.argv[0], the main module).
+    for name in ("config", "workdir", "out", "report_only"):
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
 
     def _main(argv):
         del argv
-        absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
+        train_logging.show_status_lines()  # fit's progress; not orbax's INFO on every save
         FLAGS = flags.FLAGS
         try:
             run_study_fn(FLAGS.config, FLAGS.workdir, out=FLAGS.out,
@@ -301,4 +364,4 @@ def main(module: str, run_study_fn: Callable, default_config: str, default_workd
         except Preempted as stop:  # saved: the same command resumes; exit 0 for the scheduler
             absl_logging.warning("%s", stop)
 
-    app.run(_main)
+    app.run(_main, argv=resolve_config_argv(sys.argv, root))

@@ -1,4 +1,4 @@
-"""Grokking on modular arithmetic with deltajax's LMs and trainer (Nanda et al. 2023, Power et al.
+r"""Grokking on modular arithmetic with deltajax's LMs and trainer (Nanda et al. 2023, Power et al.
 2022), with softmax attention or a delta-rule mixer.
 
     python -m experiments.grokking_modular --config=configs/grokking.py:nanda

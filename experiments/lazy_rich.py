@@ -1,4 +1,4 @@
-"""Grokking as the transition from lazy to rich training (Kumar et al., ICLR 2024).
+r"""Grokking as the transition from lazy to rich training (Kumar et al., ICLR 2024).
 
 Inputs x ~ N(0, I / D), target y = (beta . x)^2 / 2 with beta ~ N(0, I); a two-layer net with
 N hidden units, first-layer weights W ~ N(0, I) and a fixed mean readout,

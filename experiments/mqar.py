@@ -1,4 +1,4 @@
-"""The MQAR recall study: train every run of the sweep (resuming), then its table and plot.
+r"""The MQAR recall study: train every run of the sweep (resuming), then its table and plot.
 
     python -m experiments.mqar --config=configs/mqar.py:cpu --workdir=runs/mqar-cpu
     python -m experiments.mqar --config=configs/mqar.py:paper --workdir=runs/mqar-paper
