@@ -8,6 +8,7 @@ import jax.numpy as jnp
 
 from deltajax.layers.mixer import head_dims
 from deltajax.ops import cached_attention, causal_attention, rope
+from deltajax.ops.attention import check_cache_positions
 
 
 class Attention(nn.Module):
@@ -51,7 +52,11 @@ class Attention(nn.Module):
         (pos + T > max_len) cached_attention raises (concrete pos) or gives NaN (traced): the
         clamped write would otherwise give wrong logits."""
         B, T, _ = x_BTD.shape
+        if T > cache["k"].shape[1]:  # dynamic_update_slice would fail with a TypeError
+            raise ValueError(f"x_BTD's {T} tokens do not fit a KV cache of {cache['k'].shape[1]} "
+                             f"positions (give init_cache a larger max_len)")
         start = cache["pos"]
+        check_cache_positions(start, T, cache["k"].shape[1])  # raises before any compute
         q, k, v = self._project(x_BTD, start + jnp.arange(T))
         write = lambda buffer, x: jax.lax.dynamic_update_slice(buffer, x.astype(buffer.dtype),
                                                                (0, start, 0, 0))

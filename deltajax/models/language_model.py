@@ -2,13 +2,17 @@
 
 ModelConfig.norm = None drops every norm (Nanda et al.'s grokking transformer has none)."""
 
+from typing import Optional
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from deltajax.layers import ReluMLP, SwiGLU
 from deltajax.models.config import ModelConfig
 from deltajax.models.mixers import build_mixer
+from deltajax.ops import checks
 
 
 def _norm(config: ModelConfig):
@@ -20,6 +24,32 @@ def _norm(config: ModelConfig):
 
 
 _MLPS = {"swiglu": SwiGLU, "relu": ReluMLP}
+
+
+def check_tokens(tokens, vocab_size: int, name: str) -> Optional[jax.Array]:
+    """Token ids must lie in [0, vocab_size): nn.Embed gives NaN above and wraps -1 silently.
+
+    Concrete ids out of range raise a ValueError naming `name`; traced ones give the returned
+    flag, which the caller turns into NaN (deltajax.ops.checks.poison).
+    """
+    if jnp.ndim(tokens) != 2:
+        raise ValueError(f"{name} must have shape [batch, time], got {jnp.shape(tokens)}")
+    if not jnp.issubdtype(jnp.result_type(tokens), jnp.integer):
+        raise ValueError(f"{name} must hold integer token ids, got dtype {jnp.result_type(tokens)}")
+    values = checks.concrete(tokens)
+    if values is None:
+        return jnp.any((tokens < 0) | (tokens >= vocab_size))
+    if values.size and (values.min() < 0 or values.max() >= vocab_size):
+        bad = values.min() if values.min() < 0 else values.max()
+        raise ValueError(f"{name} holds token id {int(bad)}, outside the vocabulary [0, "
+                         f"{vocab_size}) of config.vocab_size={vocab_size}")
+    return None
+
+
+def _check_size(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
 
 
 class Block(nn.Module):
@@ -46,7 +76,11 @@ class Block(nn.Module):
 
 
 class LanguageModel(nn.Module):
-    """tokens [B, T] -> float32 logits [B, T, vocab]. Decoding: init_cache, extend, decode_step."""
+    """tokens [B, T] -> float32 logits [B, T, vocab]. Decoding: init_cache, extend, decode_step.
+
+    Token ids outside [0, vocab_size) raise a ValueError when concrete; traced (under jit, grad),
+    they make the logits, the returned cache and every gradient NaN.
+    """
 
     config: ModelConfig
 
@@ -65,25 +99,34 @@ class LanguageModel(nn.Module):
         return logits.astype(jnp.float32)
 
     def __call__(self, tokens_BT: jax.Array) -> jax.Array:
+        invalid = check_tokens(tokens_BT, self.config.vocab_size, "tokens_BT")
         x_BTD = self.embed(tokens_BT)
         for block in self.blocks:
             x_BTD = block(x_BTD)
-        return self._logits(x_BTD)
+        return checks.poison(invalid, self._logits(x_BTD))
 
     def extend(self, tokens_BT: jax.Array, cache: tuple) -> tuple[jax.Array, tuple]:
         """Logits of tokens that continue the cached sequence, and the cache after them."""
+        return self._extend(tokens_BT, cache, "tokens_BT")
+
+    def _extend(self, tokens_BT, cache, name):
+        invalid = check_tokens(tokens_BT, self.config.vocab_size, name)
         x_BTD = self.embed(tokens_BT)
         new_cache = []
         for block, layer_cache in zip(self.blocks, cache, strict=True):
             x_BTD, layer_cache = block.extend(x_BTD, layer_cache)
             new_cache.append(layer_cache)
-        return self._logits(x_BTD), tuple(new_cache)
+        # The cache too: a bad token's state would make later, valid steps silently wrong.
+        return checks.poison(invalid, (self._logits(x_BTD), tuple(new_cache)))
 
     def decode_step(self, tokens_B: jax.Array, cache: tuple) -> tuple[jax.Array, tuple]:
-        logits_B1V, cache = self.extend(tokens_B[:, None], cache)
+        if jnp.ndim(tokens_B) != 1:
+            raise ValueError(f"tokens_B must have shape [batch], got {jnp.shape(tokens_B)}")
+        logits_B1V, cache = self._extend(tokens_B[:, None], cache, "tokens_B")
         return logits_B1V[:, 0], cache
 
     def init_cache(self, batch: int, max_len: int) -> tuple:
         """Per-layer caches of an empty sequence; needs no parameters (callable unbound)."""
+        batch, max_len = _check_size(batch, "batch"), _check_size(max_len, "max_len")
         return tuple(build_mixer(self.config, name, parent=None).init_cache(batch, max_len)
                      for name in self.config.mixers)

@@ -32,6 +32,19 @@ def causal_attention(q_BTHD, k_BTHD, v_BTHD, *, window: Optional[int] = None) ->
                                         local_window_size=local)
 
 
+def check_cache_positions(start, T: int, S: int):
+    """Positions start .. start+T-1 must lie in a cache of S: a concrete start outside raises a
+    ValueError naming it; a traced one gives the flag that cached_attention turns into NaN."""
+    values = checks.concrete(start)
+    if values is None:
+        return (start < 0) | (start + T > S)
+    if values < 0 or values + T > S:
+        raise ValueError(f"start={int(values)}: queries at positions {int(values)}..."
+                         f"{int(values) + T - 1} do not fit a KV cache of {S} positions "
+                         f"(give init_cache a max_len of at least {int(values) + T})")
+    return None
+
+
 def cached_attention(q_BTHD, k_cache_BSHD, v_cache_BSHD, *, start: jax.Array,
                      window: Optional[int] = None) -> jax.Array:
     """Queries at positions start .. start+T-1 against a cache already holding their keys.
@@ -41,14 +54,7 @@ def cached_attention(q_BTHD, k_cache_BSHD, v_cache_BSHD, *, start: jax.Array,
     ValueError and a traced one makes the output NaN.
     """
     T, S = q_BTHD.shape[1], k_cache_BSHD.shape[1]
-    values = checks.concrete(start)
-    invalid = None
-    if values is None:
-        invalid = (start < 0) | (start + T > S)
-    elif values < 0 or values + T > S:
-        raise ValueError(f"start={int(values)}: queries at positions {int(values)}..."
-                         f"{int(values) + T - 1} do not fit a KV cache of {S} positions "
-                         f"(give init_cache a max_len of at least {int(values) + T})")
+    invalid = check_cache_positions(start, T, S)
     query_pos_T1 = start + jnp.arange(T)[:, None]
     key_pos_1S = jnp.arange(S)[None, :]
     visible_TS = key_pos_1S <= query_pos_T1
