@@ -2,7 +2,8 @@
 
     python -m experiments.mqar --config=configs/mqar.py:cpu --workdir=runs/mqar-cpu
 
-The presets are PRESETS below (`--help` lists them). Fields shared by every run are flags
+The presets are PRESETS below (`--help` lists them): `paper` has vocab 8192 and 100k training
+sequences per setting. Fields shared by every run are flags
 (--config.model.delta_rule.backend=recurrent, --config.train.num_steps=100);
 --config.only='deltanet-*,attention-*' runs part of the sweep.
 """
@@ -14,8 +15,7 @@ from deltajax.study import named_run, run_id
 
 # A preset -> one line for --help.
 PRESETS = {
-    "paper": "the published sweep: 6 mixers x d_model 64-512 x 4 (seq_len, kv pairs) x 4 lrs, "
-             "vocab 8192, 100k sequences per setting; for a GPU or TPU",
+    "paper": "the published grid: 6 mixers x d_model 64-512 x 4 (T, kv pairs) x 4 lrs; GPU/TPU",
     "cpu_sweep": "the same grid for seq_len <= 256, shrunk (vocab, data, steps) for 2 CPU cores",
     "cpu": "`make run`: 3 mixers at one setting where linear attention falls behind; minutes",
     "smoke": "seconds, for the tests",

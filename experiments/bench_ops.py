@@ -19,13 +19,20 @@ from absl import app, flags
 from deltajax import study
 from deltajax.ops import Backend, delta_rule, parse_backend
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# out_dir: runs/ is scratch, next to where the script is started; the committed tables are the
+# repository's benchmarks/results/, from any directory.
 PRESETS = {
     "small": dict(seq_lens=(256, 1024, 4096), repeats=3, out_dir="runs/bench_ops"),
     "full": dict(seq_lens=(256, 512, 1024, 2048, 4096, 8192, 16384), repeats=5,
-                 out_dir="benchmarks/results"),
+                 out_dir=os.path.join(REPO, "benchmarks", "results")),
 }
 
-flags.DEFINE_enum("preset", "small", list(PRESETS), "Sequence lengths, repeats and output folder.")
+_where = lambda d: f"<repo>/{os.path.relpath(d, REPO)}/" if os.path.isabs(d) else f"./{d}/"
+flags.DEFINE_enum("preset", "small", list(PRESETS), "Sequence lengths, repeats and output folder:\n"
+                  + "\n".join(f"{name}: T={', '.join(map(str, p['seq_lens']))}; {p['repeats']} "
+                               f"repeats; to {_where(p['out_dir'])}"
+                               for name, p in PRESETS.items()))
 flags.DEFINE_list("seq_lens", None, "Overrides the preset's sequence lengths.")
 flags.DEFINE_list("backends", ["recurrent", "chunked"],
                   "Backends of delta_rule to time, by Backend value: "

@@ -43,7 +43,12 @@ PRESETS = {
                  backends=("chunked", "pallas")),
 }
 
-flags.DEFINE_enum("preset", None, list(PRESETS), "Config; default h100 on GPU, else smoke.")
+flags.DEFINE_enum("preset", None, list(PRESETS), "Config; default h100 on GPU, else smoke:\n"
+                  + "\n".join(f"{name}: B={p['batch']} T={p['seq_len']} H={p['heads']} "
+                               f"K=V={p['head_dim']} {p['dtype']}; backends "
+                               f"{', '.join(p['backends'])}"
+                               + (f"; sweep T={', '.join(map(str, p['sweep']))}" if p['sweep']
+                                  else "") for name, p in PRESETS.items()))
 flags.DEFINE_list("backends", None, "delta_rule backends to compare (default: the preset's).")
 flags.DEFINE_bool("gate", False, "Gated DeltaNet (a random log-decay gate).")
 flags.DEFINE_integer("repeats", None, "Timed calls per measurement.")
@@ -367,7 +372,9 @@ def main(argv):
               f"{study.measured_on()} Medians of {repeats} calls after a warm-up.\n\n"
               f"Command: `{study.command_line('experiments.compare_paths')}`")
     table = to_markdown(report, sweep, header=header, peak_tflops=peak)
-    out = FLAGS.out or os.path.join("benchmarks/results", f"{device_name()}-paths.md")
+    # The committed tables are the repository's, whichever directory the script starts in.
+    out = FLAGS.out or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                    "benchmarks", "results", f"{device_name()}-paths.md")
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     with open(out, "w") as f:
         f.write(table)

@@ -145,7 +145,7 @@ def train_and_evaluate(config, workdir: str, *,
         if writer is not None:
             writer.close()
     summary = summarise(curves, t.drop_fraction)
-    log(f"alpha={m.alpha:g} eps={m.eps:g}: {summary}")
+    log(summary_line(m, summary, t.drop_fraction))
     return {"alpha": m.alpha, "eps": m.eps, **summary}
 
 
@@ -177,6 +177,18 @@ def summarise(curves: dict, drop_fraction: float) -> dict:
             "initial_test_loss": curves["0"]["test_loss"], "steps": steps[-1],
             "final_alignment": last["alignment"], "initial_alignment": curves["0"]["alignment"],
             "final_kernel_distance_rel": last["kernel_distance_rel"]}
+
+
+def summary_line(model, summary: dict, drop_fraction: float) -> str:
+    """A run's result in words: drop steps, losses, its verdict ("-" for a drop not reached)."""
+    step = lambda s: "-" if s is None else str(s)
+    ratio = "-" if summary["ratio"] is None else f"{summary['ratio']:.3g}"
+    return (f"alpha={model.alpha:g} eps={model.eps:g}: train loss "
+            f"{summary['initial_train_loss']:.3g} -> {summary['final_train_loss']:.3g} (dropped at "
+            f"step {step(summary['train_drop_step'])}), test loss "
+            f"{summary['initial_test_loss']:.3g} -> {summary['final_test_loss']:.3g} (step "
+            f"{step(summary['test_drop_step'])}), ratio {ratio}: "
+            f"{verdict(summary, drop_fraction)}")
 
 
 GROKKING_RATIO = 5.0  # test loss drops this many times later than train loss: grokking
