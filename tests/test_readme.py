@@ -30,6 +30,7 @@ SUBSTITUTIONS = [
     (_TRAIN, "warmup_steps=100", "warmup_steps=2"),
     (_TRAIN, "dict(every_steps=200", "dict(every_steps=5"),
     (_TRAIN, "dict(every_steps=500", "dict(every_steps=10"),
+    (_TRAIN, "num_layers=2", "num_layers=1"),  # half the compile time of the two runs
     # The WSM run goes on from that config: a checkpoint every 2 of the 10 steps keeps 5.
     (_WSM, "warmup_steps=100", "warmup_steps=2"),
     (_WSM, "dict(every_steps=200", "dict(every_steps=2"),
