@@ -81,8 +81,9 @@ class Progress:
 
     at the first step of the call, at the steps where the train scalars are written (multiples
     of every_steps; at most one per min_interval_s, as tqdm's mininterval, so that a fast run's
-    log stays readable), and at the last. tokens/s and s/step are since the previous line;
-    the first step's line gives its time alone (compilation). Process 0 only."""
+    log stays readable), and at the last (`end`, or the step a run stopped at). tokens/s and
+    s/step are since the previous line, evaluations and saves included, so the ETA (to `total`)
+    counts them; the first step's line gives its time alone (compilation). Process 0 only."""
 
     min_interval_s = 10.0
 
@@ -104,23 +105,33 @@ class Progress:
         self._tokens += metrics["tokens_per_s"] * metrics["step_time_s"]
         self._seconds += metrics["step_time_s"]
         self._steps += 1
+        self._last = (step, metrics["loss"])
         now = time.perf_counter()
         due = (step % self._every == 0 and now - self._last_line >= self.min_interval_s)
-        if not (step == self._first or step == self._end or due):
-            return
-        head = f"step {step}/{self._total} ({100 * step / self._total:.1f}%): " \
-               f"loss {metrics['loss']:.4f}"
         if step == self._first:
-            logging.info("%s, first step %.1f s (with compilation)", head, self._seconds)
-        else:
+            logging.info("%s, first step %.1f s (with compilation)", self._head(), self._seconds)
+        elif step == self._end or due:
             per_step = self._seconds / self._steps
-            logging.info("%s, %s tokens/s, %.3g s/step, ETA %s", head,
-                         f"{self._tokens / self._seconds:,.0f}", per_step,
-                         _duration(per_step * (self._total - step)))
+            self._log(f"ETA {_duration(per_step * (self._total - step))}")
+        else:
+            return
         self._last_line, self._tokens, self._seconds, self._steps = now, 0.0, 0.0, 0
 
     def close(self) -> None:
+        """Ends the bar; a run stopped before its last step (early stop, preemption, an error)
+        logs that step's line too."""
         self._bar.close()
+        if self._lines and self._steps:
+            self._log(f"stopped before step {self._end}")
+            self._steps = 0
+
+    def _head(self) -> str:
+        step, loss = self._last
+        return f"step {step}/{self._total} ({100 * step / self._total:.1f}%): loss {loss:.4f}"
+
+    def _log(self, tail: str) -> None:
+        logging.info("%s, %s tokens/s, %.3g s/step, %s", self._head(),
+                     f"{self._tokens / self._seconds:,.0f}", self._seconds / self._steps, tail)
 
 
 def _duration(seconds: float) -> str:

@@ -143,6 +143,21 @@ def test_status_lines_are_at_most_one_per_interval_besides_the_first_and_last(mo
     steps = [int(re.match(r"step (\d+)/", line)[1]) for line in logged]
     assert steps == [1, 6, 10, 14, 18, 22, 26, 30]
     assert logged[1].endswith("10 tokens/s, 3 s/step, ETA 4m42s")  # 94 steps of 3 s left
+    progress.close()
+    assert len(logged) == 8  # the last step had its line
+
+
+def test_a_run_stopped_before_its_last_step_logs_that_step_when_it_closes(monkeypatch):
+    monkeypatch.setattr(tb, "progress_bar", lambda *a: _bar(shown=False))
+    logged = []
+    monkeypatch.setattr(tb.logging, "info", lambda fmt, *args: logged.append(fmt % args))
+    progress = tb.Progress(100, 10, 100, enabled=False, every_steps=50)
+    for step in (11, 12, 13):  # an early stop at step 13
+        progress.update(step, {"loss": 0.5, "tokens_per_s": 4.0, "step_time_s": 2.0})
+    progress.close()
+    assert logged[0].startswith("step 11/100 (11.0%): loss 0.5000, first step 2.0 s")
+    assert logged[1:] == ["step 13/100 (13.0%): loss 0.5000, 4 tokens/s, 2 s/step, stopped "
+                          "before step 100"]
 
 
 def test_the_bar_replaces_the_status_lines_and_only_process_0_logs(monkeypatch):
