@@ -334,12 +334,13 @@ def main(module: str, run_study_fn: Callable, default_config: str, default_workd
 
     from deltajax.train import logging as train_logging
 
-    # The repository: the parent of the script's experiments/ folder.
-    root = os.path.dirname(os.path.dirname(os.path.abspath(sys.modules["__main__"].__file__)))
+    # The repository: the parent of the script's experiments/ folder (no script file: here).
+    script = sys.modules["__main__"]
+    script_file = getattr(script, "__file__", None)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(script_file))) if script_file else "."
     default_config = resolve_config_arg(default_config, root)
     # The presets go under the script's docstring, which --help prints as written ("%" escaped:
     # absl formats it with %); a flag's help would be re-wrapped.
-    script = sys.modules["__main__"]
     script.__doc__ = ((script.__doc__ or "").rstrip("\n") + "\n\n"
                       + config_help(default_config.partition(":")[0]).replace("%", "%%") + "\n")
     config_flags.DEFINE_config_file("config", default_config,
