@@ -46,7 +46,8 @@ def _signal_mid_run(run, outputs, signum, target=0, distributed=False):
             assert codes == [None] * len(workers) and time.monotonic() < deadline, codes
             time.sleep(0.01)
         workers[target].send_signal(signum)
-        logs = [w.communicate(timeout=120)[0].decode(errors="replace") for w in workers]
+        # A hang guard (gloo collectives slow down badly on oversubscribed cores).
+        logs = [w.communicate(timeout=600)[0].decode(errors="replace") for w in workers]
     finally:
         for worker in workers:
             if worker.poll() is None:
