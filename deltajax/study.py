@@ -302,8 +302,8 @@ def resolve_config_argv(argv: list, root: str) -> list:
 
 
 def config_help(config_file: str) -> str:
-    """The help of --config: the presets of the config module, and its sweeps, one line each,
-    from its PRESETS and SWEEPS mappings ({name: one-line description}) when it has them."""
+    """The presets of a config module and its sweeps, one line each, for --help: from its
+    PRESETS and SWEEPS ({name: one-line description}, or a sequence of names) when it has them."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("_study_config_help", config_file)
@@ -314,9 +314,12 @@ def config_help(config_file: str) -> str:
     lines = []
     for title, table in ((f"Presets ({name}:<preset>):", getattr(module, "PRESETS", None)),
                          (f"Sweeps ({name}:<preset>,<sweep>):", getattr(module, "SWEEPS", None))):
-        if isinstance(table, dict):
+        if isinstance(table, (tuple, list)):  # names without descriptions
+            table = dict.fromkeys(table, "")
+        if isinstance(table, dict) and table:
             width = max(map(len, table))
-            lines += ["", title] + [f"  {key.ljust(width)}  {text}" for key, text in table.items()]
+            lines += ["", title] + [f"  {key.ljust(width)}  {text}".rstrip()
+                                    for key, text in table.items()]
     return "\n".join(lines[1:])
 
 

@@ -36,9 +36,12 @@ def test_grokking_help_lists_its_sweeps_and_each_is_a_valid_sweep():
         assert len(grokking.get_config(f"cpu,{sweep}").sweep) == len(values.split(", "))
 
 
-def test_a_config_without_presets_gets_no_preset_lines(tmp_path):
+def test_a_config_without_presets_gets_no_preset_lines_and_names_alone_are_listed(tmp_path):
     (tmp_path / "plain.py").write_text("def get_config():\n    return {}\n")
     assert study.config_help(str(tmp_path / "plain.py")) == ""
+    (tmp_path / "names.py").write_text("PRESETS = ('paper', 'cpu')\n")
+    assert study.config_help(str(tmp_path / "names.py")) == \
+        f"Presets ({tmp_path.name}/names.py:<preset>):\n  paper\n  cpu"
 
 
 def test_a_relative_config_is_read_from_the_repository_when_missing_here(tmp_path, monkeypatch):
