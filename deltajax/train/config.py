@@ -63,7 +63,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.logging = ml_collections.ConfigDict()
     c.logging.every_steps = 10
     c.logging.histogram_every_steps = 0  # 0: no parameter histograms
-    c.logging.progress_bar = True     # shown only on a TTY and outside CI
+    c.logging.progress_bar = True     # on a TTY outside CI; otherwise fit logs status lines
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1                  # devices on the data axis; -1: all that model leaves
