@@ -17,7 +17,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/python -m pytest -q tests --nbmake notebooks
+	DELTAJAX_NOTEBOOK_SMOKE=1 $(VENV)/bin/python -m pytest -q tests --nbmake notebooks
 
 # Not one of the two set-up commands: compares the backends on this machine (GPU: H100 preset).
 bench: $(STAMP)
