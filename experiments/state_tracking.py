@@ -132,6 +132,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     model = build_model(config)
     fitted = fit(trainer_config(config), model, make_source(config, split="train"), workdir,
                  eval_source=make_source(config, split="eval"))
+    if fitted.preempted:
+        raise study.Preempted(f"{workdir}: preempted after step {int(fitted.state.step)} "
+                              "(saved); run the same command again to resume")
     accuracy = position_accuracy(config, model, fitted.state.params)
     # Modular arithmetic labels numbers only (even positions): operators are not scored.
     labelled = make_source(config, split="test")[0]["targets"] != IGNORE_INDEX
