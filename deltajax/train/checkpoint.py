@@ -66,15 +66,22 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any,
 
 
 def _global(state: Any) -> Any:
-    """With several processes, arrays that live on this process's devices only (the pmap
-    loop's state) become global arrays replicated over every process's devices, from the
-    device copies they already have: orbax saves only global arrays. Every process holds the
-    same values (pmap all-reduces the gradients)."""
+    """With several processes, arrays that live on one of this process's devices (the pmap
+    loop's unreplicated state) become global arrays replicated over every process's devices:
+    orbax saves only global arrays. Copies to the local devices, no collective; every process
+    holds the same values (pmap all-reduces the gradients)."""
     if jax.process_count() == 1:
         return state
-    return jax.tree.map(
-        lambda x: ocp.utils.fully_replicated_host_local_array_to_global_array(x)
-        if isinstance(x, jax.Array) and x.is_fully_addressable else x, state)
+    replicated = jax.sharding.NamedSharding(
+        jax.sharding.Mesh(np.array(jax.devices()), ("devices",)), jax.sharding.PartitionSpec())
+
+    def to_global(x):
+        if not (isinstance(x, jax.Array) and x.is_fully_addressable):
+            return x
+        copies = [jax.device_put(x, device) for device in replicated.addressable_devices]
+        return jax.make_array_from_single_device_arrays(x.shape, replicated, copies)
+
+    return jax.tree.map(to_global, state)
 
 
 def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,

@@ -260,7 +260,10 @@ def _due(step: int, every: int, last: int) -> bool:
 
 
 def _unreplicate(state):
-    return jax.tree.map(lambda x: x[0], state)
+    """One replica of the pmap state, on one device. `x[0]` would be a computation over this
+    process's devices; with several processes their gloo cliques can pair up across
+    processes and hang (or mix data), so the replica is read from one local shard instead."""
+    return jax.tree.map(lambda x: x.addressable_shards[0].data[0], state)
 
 
 def init_sharded_state(config, model, tx, mesh, example_inputs_T):
