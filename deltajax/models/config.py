@@ -86,9 +86,14 @@ class LinearAttentionOptions:
 class AttentionOptions:
     window_size: int = 64                  # "swa": the tokens each position attends to
     rope_theta: float = 10000.0
+    # None: plain attention. A size: q, k and v first pass through the DeltaNet family's short
+    # causal convolutions (with SiLU), as in Zoology's newer MQAR attention configs.
+    conv_size: Optional[int] = None
 
     def __post_init__(self):
         _check_positive_int(self.window_size, "ModelConfig.attention.window_size")
+        if self.conv_size is not None:
+            _check_positive_int(self.conv_size, "ModelConfig.attention.conv_size")
         if (isinstance(self.rope_theta, bool) or not isinstance(self.rope_theta, (int, float))
                 or self.rope_theta <= 0):
             raise ValueError(f"ModelConfig.attention.rope_theta must be a positive number, "

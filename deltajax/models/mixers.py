@@ -42,7 +42,8 @@ def _linear(c):
 
 
 def _attention(c):
-    return dict(**_base(c), rope_theta=c.options("attention").rope_theta)
+    options = c.options("attention")
+    return dict(**_base(c), rope_theta=options.rope_theta, conv_size=options.conv_size)
 
 
 def _swa(c):

@@ -34,6 +34,7 @@ MIXERS = {
     "linear_attention": LinearAttention(D, H, chunk_size=8),
     "attention": Attention(D, H),
     "swa": Attention(D, H, window_size=3),
+    "swa_short_conv": Attention(D, H, window_size=3, conv_size=3),
 }
 X_BTD = jax.random.normal(jax.random.PRNGKey(1), (B, T, D))
 

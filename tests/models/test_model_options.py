@@ -66,7 +66,7 @@ GROUPS = dict(conv=dict(enabled=False, size=3),
               delta_rule=dict(allow_neg_eigval=True, use_output_gate=False, use_forget_gate=True,
                               backend="recurrent", chunk_size=16),
               delta_product=dict(num_householder=3), linear_attention=dict(chunk_size=8),
-              attention=dict(window_size=5, rope_theta=500.0))
+              attention=dict(window_size=5, rope_theta=500.0, conv_size=3))
 EVERY_MIXER = dict(vocab_size=10, d_model=16, num_heads=2, num_layers=len(MIXERS),
                    layer_mixers=tuple(MIXERS))
 
@@ -83,6 +83,7 @@ def test_option_groups_reach_the_mixers_that_read_them():
     assert built["delta_product"].num_householder == 3
     assert built["linear_attention"].chunk_size == 8
     assert built["attention"].rope_theta == built["swa"].rope_theta == 500.0
+    assert built["attention"].conv_size == built["swa"].conv_size == 3
     assert built["attention"].window_size is None and built["swa"].window_size == 5
 
 
@@ -143,6 +144,7 @@ def test_a_group_no_layer_reads_is_rejected(mixer, group):
     ("linear_attention", dict(backend="chunked"), "linear_attention.backend"),
     ("attention", dict(window_size=0), "attention.window_size"),
     ("attention", dict(rope_theta=-1.0), "attention.rope_theta"),
+    ("attention", dict(conv_size=0), "attention.conv_size"),
     ("attention", 64, "attention"),
 ])
 def test_bad_group_options_name_the_field(group, options, field):
