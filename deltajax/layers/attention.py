@@ -1,5 +1,6 @@
 """Causal softmax attention with RoPE, global or sliding-window, optionally after short
-convolutions on q, k and v, with a KV cache for decoding."""
+convolutions on q, k and v, with a KV cache for decoding (a ring buffer of the window's size
+for sliding-window attention)."""
 
 from typing import Any, Optional
 
@@ -10,7 +11,7 @@ import jax.numpy as jnp
 from deltajax.layers.conv import ShortConvolution, conv_qkv, conv_qkv_cache
 from deltajax.layers.mixer import head_dims
 from deltajax.ops import cached_attention, causal_attention, rope
-from deltajax.ops.attention import check_cache_positions
+from deltajax.ops.attention import check_cache_positions, ring_attention, ring_write
 
 
 class Attention(nn.Module):
@@ -57,26 +58,41 @@ class Attention(nn.Module):
         o_BTHD = causal_attention(q, k, v, window=self.window_size)
         return self.o_proj(o_BTHD.reshape(B, T, -1))
 
+    def _ring(self, cache: dict) -> bool:
+        """Whether `cache` is a sliding window's ring buffer (init_cache with max_len >= window)."""
+        return self.window_size is not None and cache["k"].shape[1] == self.window_size
+
     def extend(self, x_BTD: jax.Array, cache: dict) -> tuple[jax.Array, dict]:
-        """Appends x's tokens to the KV cache and attends over it. Past the cache's max_len
-        (pos + T > max_len) cached_attention raises (concrete pos) or gives NaN (traced): the
-        clamped write would otherwise give wrong logits."""
+        """Appends x's tokens to the KV cache and attends over it. A sliding window's cache is a
+        ring buffer of window_size slots and takes any number of tokens. A global cache (or a
+        window's with max_len < window_size) holds max_len positions: past them (pos + T >
+        max_len) cached_attention raises (concrete pos) or gives NaN (traced), where the clamped
+        write would otherwise give wrong logits."""
         B, T, _ = x_BTD.shape
-        if T > cache["k"].shape[1]:  # dynamic_update_slice would fail with a TypeError
-            raise ValueError(f"x_BTD's {T} tokens do not fit a KV cache of {cache['k'].shape[1]} "
-                             f"positions (give init_cache a larger max_len)")
-        start = cache["pos"]
-        check_cache_positions(start, T, cache["k"].shape[1])  # raises before any compute
+        start, S = cache["pos"], cache["k"].shape[1]
+        ring = self._ring(cache)
+        if not ring and T > S:  # dynamic_update_slice would fail with a TypeError
+            raise ValueError(f"x_BTD's {T} tokens do not fit a KV cache of {S} positions "
+                             f"(give init_cache a larger max_len)")
+        check_cache_positions(start, T, None if ring else S)  # raises before any compute
         q, k, v, tails = self._project(x_BTD, start + jnp.arange(T), cache)
-        write = lambda buffer, x: jax.lax.dynamic_update_slice(buffer, x.astype(buffer.dtype),
-                                                               (0, start, 0, 0))
-        k_cache, v_cache = write(cache["k"], k), write(cache["v"], v)
-        o_BTHD = cached_attention(q, k_cache, v_cache, start=start, window=self.window_size)
+        if ring:
+            o_BTHD = ring_attention(q, k, v, cache["k"], cache["v"], start=start,
+                                    window=self.window_size)
+            k_cache, v_cache = ring_write(cache["k"], k, start), ring_write(cache["v"], v, start)
+        else:
+            write = lambda buffer, x: jax.lax.dynamic_update_slice(
+                buffer, x.astype(buffer.dtype), (0, start, 0, 0))
+            k_cache, v_cache = write(cache["k"], k), write(cache["v"], v)
+            o_BTHD = cached_attention(q, k_cache, v_cache, start=start, window=self.window_size)
         return self.o_proj(o_BTHD.reshape(B, T, -1)), {"k": k_cache, "v": v_cache,
                                                        "pos": start + T, **tails}
 
     def init_cache(self, batch: int, max_len: int) -> dict:
-        shape = (batch, max_len, self.num_heads, self.key_dim)
+        """Keys and values of max_len positions, or of window_size slots (a ring buffer) for a
+        sliding window shorter than max_len: its memory does not grow with the sequence."""
+        slots = max_len if self.window_size is None else min(max_len, self.window_size)
+        shape = (batch, slots, self.num_heads, self.key_dim)
         width = self.num_heads * self.key_dim
         return {"k": jnp.zeros(shape, self.dtype), "v": jnp.zeros(shape, self.dtype),
                 "pos": jnp.zeros((), jnp.int32),

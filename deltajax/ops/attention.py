@@ -1,5 +1,6 @@
 """Attention helpers for the baselines: rotary embeddings, causal softmax attention (full or
-sliding-window, over a whole sequence or against a KV cache), and causal linear attention."""
+sliding-window, over a whole sequence, against a KV cache or against a sliding window's ring
+buffer), and causal linear attention."""
 
 from typing import Optional
 
@@ -32,13 +33,16 @@ def causal_attention(q_BTHD, k_BTHD, v_BTHD, *, window: Optional[int] = None) ->
                                         local_window_size=local)
 
 
-def check_cache_positions(start, T: int, S: int):
-    """Positions start .. start+T-1 must lie in a cache of S: a concrete start outside raises a
-    ValueError naming it; a traced one gives the flag that cached_attention turns into NaN."""
+def check_cache_positions(start, T: int, S: Optional[int]):
+    """Positions start .. start+T-1 must lie in a cache of S (None: a ring buffer, which takes
+    any position >= 0): a concrete start outside raises a ValueError naming it; a traced one
+    gives the flag that cached_attention and ring_attention turn into NaN."""
     values = checks.concrete(start)
     if values is None:
-        return (start < 0) | (start + T > S)
-    if values < 0 or values + T > S:
+        return (start < 0) if S is None else (start < 0) | (start + T > S)
+    if values < 0:
+        raise ValueError(f"start={int(values)}: cache positions start at 0")
+    if S is not None and values + T > S:
         raise ValueError(f"start={int(values)}: queries at positions {int(values)}..."
                          f"{int(values) + T - 1} do not fit a KV cache of {S} positions "
                          f"(give init_cache a max_len of at least {int(values) + T})")
@@ -62,6 +66,41 @@ def cached_attention(q_BTHD, k_cache_BSHD, v_cache_BSHD, *, start: jax.Array,
         visible_TS = visible_TS & (key_pos_1S > query_pos_T1 - window)
     return checks.poison(invalid, jax.nn.dot_product_attention(
         q_BTHD, k_cache_BSHD, v_cache_BSHD, mask=visible_TS[None, None]))
+
+
+def ring_positions(start, W: int) -> jax.Array:
+    """[W] the position each slot of a W-slot ring buffer holds once positions 0 .. start-1 are
+    written (slot = position mod W); negative for a slot not written yet."""
+    return start - 1 - (start - 1 - jnp.arange(W)) % W
+
+
+def ring_attention(q_BTHD, k_BTHD, v_BTHD, k_ring_BWHD, v_ring_BWHD, *, start,
+                   window: int) -> jax.Array:
+    """Sliding-window attention of queries at positions start .. start+T-1 over their own keys
+    (k_BTHD, v_BTHD) and the ring buffer of the `window` positions before start, so a cache of
+    `window` slots serves a sequence of any length. A negative concrete start raises a ValueError;
+    a traced one makes the output NaN."""
+    T, W = q_BTHD.shape[1], k_ring_BWHD.shape[1]
+    if W != window:
+        raise ValueError(f"the ring buffer has {W} slots, window is {window}: they must be equal")
+    invalid = check_cache_positions(start, T, None)
+    query_pos_T1 = start + jnp.arange(T)[:, None]
+    key_pos_1S = jnp.concatenate([ring_positions(start, W), start + jnp.arange(T)])[None, :]
+    visible_TS = ((key_pos_1S >= 0) & (key_pos_1S <= query_pos_T1)
+                  & (key_pos_1S > query_pos_T1 - window))
+    keys = lambda ring, new: jnp.concatenate([ring, new.astype(ring.dtype)], axis=1)
+    return checks.poison(invalid, jax.nn.dot_product_attention(
+        q_BTHD.astype(k_ring_BWHD.dtype), keys(k_ring_BWHD, k_BTHD), keys(v_ring_BWHD, v_BTHD),
+        mask=visible_TS[None, None]))
+
+
+def ring_write(ring_BWHD: jax.Array, x_BTHD: jax.Array, start) -> jax.Array:
+    """The ring buffer after positions start .. start+T-1 are written, each at slot position mod
+    W; of more than W new positions only the last W stay (the earlier ones fall out anyway)."""
+    W, T = ring_BWHD.shape[1], x_BTHD.shape[1]
+    kept = min(T, W)   # distinct slots: a scatter with repeated indices has no defined order
+    slots = (start + T - kept + jnp.arange(kept)) % W
+    return ring_BWHD.at[:, slots].set(x_BTHD[:, T - kept:].astype(ring_BWHD.dtype))
 
 
 def linear_attention(

@@ -90,6 +90,25 @@ def test_extend_token_by_token_reproduces_the_whole_sequence(name):
     assert relative_error(jnp.concatenate(outputs, 1), y) < 1e-4
 
 
+def test_sliding_window_cache_is_a_ring_of_window_slots_for_any_length():
+    mixer = MIXERS["swa_short_conv"]   # window 3, and the convolutions' tails
+    params, _, y = initialised("swa_short_conv")
+    cache = mixer.init_cache(B, 10 ** 6)
+    assert cache["k"].shape == cache["v"].shape == (B, 3, H, D // H)
+    step = jax.jit(functools.partial(mixer.apply, method=mixer.extend))
+    outputs = []
+    # Chunks longer and shorter than the window, writes that wrap around the ring.
+    for start, stop in ((0, 5), (5, 7), (7, 11)):
+        y_t, cache = step(params, X_BTD[:, start:stop], cache)
+        outputs.append(y_t)
+    assert relative_error(jnp.concatenate(outputs, 1), y) < 1e-4
+    # A max_len below the window needs no more: max_len positions, which raise when full.
+    short = mixer.init_cache(B, 2)
+    assert short["k"].shape == (B, 2, H, D // H)
+    with pytest.raises(ValueError, match=r"3 tokens do not fit a KV cache of 2 positions"):
+        mixer.apply(params, X_BTD[:, :3], short, method=mixer.extend)
+
+
 def test_delta_product_with_one_step_is_delta_net():
     params, _, y_net = initialised("deltanet")
     y_product = jax.jit(DeltaProduct(D, H, num_householder=1, chunk_size=8).apply)(params, X_BTD)

@@ -18,6 +18,7 @@ CONFIG = ModelConfig(vocab_size=VOCAB, d_model=8, num_layers=2, num_heads=2, mlp
 MODEL = LanguageModel(CONFIG)
 GOOD = jnp.array([[1, 2, 3]], jnp.int32)
 BAD_TOKENS = {"vocab_size": VOCAB, "-1": -1}
+KEY = jax.random.key(0)
 
 
 @functools.cache
@@ -122,9 +123,16 @@ def test_init_cache_checks_its_sizes_and_takes_numpy_integers():
 
 def test_generate_takes_numpy_integers():
     out = generate(MODEL, params(), GOOD, max_new_tokens=np.int64(2))
-    assert out.shape == (B, T + 2)
-    np.testing.assert_array_equal(out, generate(MODEL, params(), np.asarray(GOOD), 2))
-    assert np.all((out >= 0) & (out < VOCAB))
+    assert out.tokens.shape == (B, T + 2)
+    np.testing.assert_array_equal(out.tokens, generate(MODEL, params(), np.asarray(GOOD), 2).tokens)
+    assert np.all((out.tokens >= 0) & (out.tokens < VOCAB))
+    numpy = generate(MODEL, params(), GOOD, 2, prompt_lengths=np.array([T], np.int64),
+                     key=jax.random.key(0), temperature=np.float64(0.5), top_k=np.int64(3),
+                     top_p=np.float32(0.9), eos_id=np.int64(1), pad_id=np.int32(0),
+                     bucket=np.int64(64))
+    python = generate(MODEL, params(), GOOD, 2, prompt_lengths=[T], key=jax.random.key(0),
+                      temperature=0.5, top_k=3, top_p=0.9, eos_id=1, pad_id=0, bucket=64)
+    np.testing.assert_array_equal(numpy.tokens, python.tokens)
 
 
 BAD_GENERATE = {
@@ -137,8 +145,34 @@ BAD_GENERATE = {
     "prompt vocab": (dict(prompt_BT=with_token(GOOD, VOCAB)),
                      r"prompt_BT holds token id 8, outside the vocabulary \[0, 8\)"),
     "prompt -1": (dict(prompt_BT=with_token(GOOD, -1)), r"prompt_BT holds token id -1"),
+    "prompt -1 in a row's prompt": (dict(prompt_BT=GOOD.at[0, 1].set(-1), prompt_lengths=[2]),
+                                    r"prompt_BT holds token id -1"),
     "variables": (dict(params="variables"), r"params must be the parameter tree"),
     "model": (dict(model="module"), r"model must be a deltajax.models.LanguageModel, got Dense"),
+    "lengths shape": (dict(prompt_lengths=[1, 2]),
+                      r"prompt_lengths must be \[batch\] = \[1\] integers, got shape \(2,\)"),
+    "lengths float": (dict(prompt_lengths=[1.0]), r"prompt_lengths must be \[batch\] = \[1\] int"),
+    "lengths 0": (dict(prompt_lengths=[0]), r"prompt_lengths holds 0: .* \[1, 3\]"),
+    "lengths long": (dict(prompt_lengths=np.array([4])), r"prompt_lengths holds 4"),
+    "key seed": (dict(key=0), r"key must be a PRNG key"),
+    "key shape": (dict(key=jnp.zeros(3, jnp.uint32)), r"key must be a PRNG key"),
+    "sampling without a key": (dict(top_k=3), r"key: temperature, top_k and top_p sample"),
+    "temperature negative": (dict(key=KEY, temperature=-1.0),
+                             r"temperature must lie in \[0.0, inf\]"),
+    "temperature nan": (dict(key=KEY, temperature=float("nan")), r"temperature must lie in"),
+    "temperature str": (dict(key=KEY, temperature="hot"), r"temperature must be a real number"),
+    "top_k 0": (dict(key=KEY, top_k=0), r"top_k must be a positive integer"),
+    "top_k float": (dict(key=KEY, top_k=2.0), r"top_k must be a positive integer"),
+    "top_p 0": (dict(key=KEY, top_p=0.0), r"top_p must lie in \(0.0, 1.0\]"),
+    "top_p above 1": (dict(key=KEY, top_p=1.5), r"top_p must lie in"),
+    "eos vocab": (dict(eos_id=VOCAB), r"eos_id must be a token id in \[0, 8\) or a non-empty"),
+    "eos -1": (dict(eos_id=-1), r"eos_id must be a token id"),
+    "eos empty": (dict(eos_id=[]), r"eos_id must be a token id"),
+    "eos float": (dict(eos_id=1.0), r"eos_id must be a token id"),
+    "eos bool": (dict(eos_id=True), r"eos_id must be a token id"),
+    "pad float": (dict(pad_id=0.0), r"pad_id must be an int32 integer"),
+    "pad too large": (dict(pad_id=2 ** 40), r"pad_id must be an int32 integer"),
+    "bucket 0": (dict(bucket=0), r"bucket must be a positive integer"),
 }
 
 
@@ -155,6 +189,9 @@ def test_generate_rejects_bad_arguments_naming_them(name):
         generate(**arguments)
 
 
-def test_generate_under_jit_with_a_bad_prompt_gives_minus_one_tokens():
-    out = jax.jit(lambda prompt: generate(MODEL, params(), prompt, 2))(with_token(GOOD, VOCAB))
-    np.testing.assert_array_equal(out[:, T:], -1)
+def test_generate_under_jit_with_a_bad_prompt_or_lengths_gives_minus_one_tokens():
+    run = jax.jit(lambda prompt, lengths: generate(MODEL, params(), prompt, 2,
+                                                   prompt_lengths=lengths).tokens)
+    assert np.all(run(GOOD, jnp.array([T]))[:, T:] >= 0)
+    np.testing.assert_array_equal(run(with_token(GOOD, VOCAB), jnp.array([T]))[:, T:], -1)
+    np.testing.assert_array_equal(run(GOOD, jnp.array([T + 1]))[:, T:], -1)

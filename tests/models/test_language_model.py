@@ -125,7 +125,8 @@ def test_greedy_generate_matches_argmax_of_the_full_forward():
     for t in range(prompt, prompt + new):
         next_token = jnp.argmax(forward(EVERY)({"params": params}, expected)[:, t - 1], axis=-1)
         expected = expected.at[:, t].set(next_token.astype(expected.dtype))
-    np.testing.assert_array_equal(generated, expected[:, :prompt + new])
+    np.testing.assert_array_equal(generated.tokens, expected[:, :prompt + new])
+    np.testing.assert_array_equal(generated.lengths, [prompt + new] * B)
 
 
 def test_parameter_count_follows_the_architecture():

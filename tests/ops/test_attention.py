@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from deltajax.ops import cached_attention, causal_attention, linear_attention, rope
+from deltajax.ops.attention import ring_attention, ring_write
 from tests.numerics import relative_error
 
 B, T, H, K, V = 2, 37, 2, 8, 6
@@ -74,3 +75,33 @@ def test_cached_attention_matches_causal_attention_with_and_without_window():
         tail = cached_attention(q[:, 30:], pad(k), pad(v), start=30, window=window)
         assert relative_error(cached, full) < 1e-6
         assert relative_error(tail, full[:, 30:]) < 1e-6
+
+
+def test_a_ring_buffer_of_window_slots_gives_sliding_window_attention():
+    q, k, v, _ = random_qkv()
+    q, k, v = (jnp.asarray(x, jnp.float32) for x in (q, k, v))
+    v = jnp.concatenate([v, v[..., :2]], -1)  # same head dim as q and k
+    window = 4
+    full = causal_attention(q, k, v, window=window)
+
+    @jax.jit   # one program for the whole pass (eagerly, each op of each chunk compiles)
+    def by_chunks(q, k, v):
+        ring_k = ring_v = jnp.zeros((B, window, H, K))
+        outputs, start = [], 0
+        # Chunks shorter and longer than the window, writes that wrap around the ring.
+        for size in (1, 6, 3, 4, 23):
+            chunk = slice(start, start + size)
+            outputs.append(ring_attention(q[:, chunk], k[:, chunk], v[:, chunk], ring_k, ring_v,
+                                          start=start, window=window))
+            ring_k, ring_v = (ring_write(ring_k, k[:, chunk], start),
+                              ring_write(ring_v, v[:, chunk], start))
+            start += size
+        return jnp.concatenate(outputs, 1), ring_k, ring_v
+
+    by_chunk, ring_k, ring_v = by_chunks(q, k, v)
+    assert relative_error(by_chunk, full) < 1e-6
+    # Slot p mod window holds position p, for the last `window` positions.
+    np.testing.assert_array_equal(ring_k[:, (T - window + np.arange(window)) % window],
+                                  k[:, T - window:])
+    with pytest.raises(ValueError, match=r"start=-1: cache positions start at 0"):
+        ring_attention(q[:, :1], k[:, :1], v[:, :1], ring_k, ring_v, start=-1, window=window)
