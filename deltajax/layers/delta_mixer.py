@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from deltajax.layers.conv import ShortConvolution, conv_qkv, conv_qkv_cache
-from deltajax.layers.mixer import head_dims
+from deltajax.layers.mixer import head_dims, value_heads
 from deltajax.layers.norm import l2_normalize
 from deltajax.ops import delta_rule
 
@@ -37,7 +37,10 @@ class DeltaRuleMixer(nn.Module):
     d_model: int
     num_heads: int
     head_dim: Optional[int] = None        # default d_model // num_heads
-    expand_v: int = 1                     # value head dim = expand_v * head_dim
+    expand_v: float = 1                   # value head dim = expand_v * head_dim
+    # Grouped value heads (FLA's num_v_heads): a multiple of num_heads; None = num_heads. Each
+    # value head has its own state, beta and decay; groups of them share a query/key head.
+    num_v_heads: Optional[int] = None
     num_householder: int = 1
     use_forget_gate: bool = False         # decay g = -exp(A_log) softplus(a(x) + dt_bias) (Mamba)
     use_output_gate: bool = False         # RMSNorm(o) * silu(g_proj(x))
@@ -53,22 +56,27 @@ class DeltaRuleMixer(nn.Module):
     def key_value_dims(self) -> tuple[int, int]:
         return head_dims(self.d_model, self.num_heads, self.head_dim, self.expand_v)
 
+    @property
+    def value_heads(self) -> int:
+        return value_heads(self.num_heads, self.num_v_heads)
+
     def setup(self):
         if self.num_householder < 1:
             raise ValueError(f"num_householder must be >= 1, got {self.num_householder}")
-        (K, V), H, n = self.key_value_dims, self.num_heads, self.num_householder
+        (K, V), H, HV = self.key_value_dims, self.num_heads, self.value_heads
+        n = self.num_householder
         dense = lambda features: nn.Dense(features, use_bias=False, dtype=self.dtype)
-        self.q_proj, self.k_proj, self.v_proj = dense(H * K), dense(n * H * K), dense(n * H * V)
-        self.b_proj = dense(n * H)
+        self.q_proj, self.k_proj, self.v_proj = dense(H * K), dense(n * H * K), dense(n * HV * V)
+        self.b_proj = dense(n * HV)
         if self.use_short_conv:
             conv = lambda: ShortConvolution(self.conv_size, dtype=self.dtype)
             self.q_conv, self.k_conv, self.v_conv = conv(), conv(), conv()
         if self.use_forget_gate:
-            self.a_proj = dense(H)
-            self.A_log = self.param("A_log", _init_A_log, (H,))
-            self.dt_bias = self.param("dt_bias", _init_dt_bias, (H,))
+            self.a_proj = dense(HV)
+            self.A_log = self.param("A_log", _init_A_log, (HV,))
+            self.dt_bias = self.param("dt_bias", _init_dt_bias, (HV,))
         if self.use_output_gate:
-            self.g_proj = dense(H * V)
+            self.g_proj = dense(HV * V)
         self.o_norm = nn.RMSNorm(epsilon=self.norm_eps, dtype=self.dtype)
         self.o_proj = dense(self.d_model)
 
@@ -82,28 +90,32 @@ class DeltaRuleMixer(nn.Module):
     def init_cache(self, batch: int, max_len: int) -> dict:
         """The state before any token; max_len is unused (the state has a fixed size)."""
         del max_len
-        (K, V), H, n = self.key_value_dims, self.num_heads, self.num_householder
+        (K, V), H, HV = self.key_value_dims, self.num_heads, self.value_heads
+        n = self.num_householder
         conv_size = self.conv_size if self.use_short_conv else None
-        return {"state": jnp.zeros((batch, H, K, V), jnp.float32),
-                **conv_qkv_cache(batch, conv_size, (H * K, n * H * K, n * H * V), self.dtype)}
+        return {"state": jnp.zeros((batch, HV, K, V), jnp.float32),
+                **conv_qkv_cache(batch, conv_size, (H * K, n * H * K, n * HV * V), self.dtype)}
 
     def _mix(self, x_BTD, cache):
         B, T, _ = x_BTD.shape
-        (K, V), H, n = self.key_value_dims, self.num_heads, self.num_householder
+        (K, V), H, HV = self.key_value_dims, self.num_heads, self.value_heads
+        n = self.num_householder
         convs = (self.q_conv, self.k_conv, self.v_conv) if self.use_short_conv else None
         (q, k, v), new_cache = conv_qkv(
             convs, (self.q_proj(x_BTD), self.k_proj(x_BTD), self.v_proj(x_BTD)), cache)
-        q_BTHK = l2_normalize(q.reshape(B, T, H, K))
-        k_BTnHK = l2_normalize(k.reshape(B, T, n, H, K))
-        v_BTnHV = v.reshape(B, T, n, H, V)
+        # Query/key head h serves value heads h * G .. h * G + G - 1 (FLA's grouping), G = HV / H;
+        # from here on every head axis has HV entries (the N in the names).
+        q_BTNK = jnp.repeat(l2_normalize(q.reshape(B, T, H, K)), HV // H, axis=2)
+        k_BTnNK = jnp.repeat(l2_normalize(k.reshape(B, T, n, H, K)), HV // H, axis=3)
+        v_BTnNV = v.reshape(B, T, n, HV, V)
         initial_state = None if cache is None else cache["state"]
-        o_BTHV, new_cache["state"] = self._recurrence(x_BTD, q_BTHK, k_BTnHK, v_BTnHV,
+        o_BTNV, new_cache["state"] = self._recurrence(x_BTD, q_BTNK, k_BTnNK, v_BTnNV,
                                                       initial_state)
 
-        o_BTHV = self.o_norm(o_BTHV)
+        o_BTNV = self.o_norm(o_BTNV)
         if self.use_output_gate:
-            o_BTHV = o_BTHV * jax.nn.silu(self.g_proj(x_BTD).reshape(B, T, H, V))
-        y_BTD = self.o_proj(o_BTHV.reshape(B, T, H * V))
+            o_BTNV = o_BTNV * jax.nn.silu(self.g_proj(x_BTD).reshape(B, T, HV, V))
+        y_BTD = self.o_proj(o_BTNV.reshape(B, T, HV * V))
         return y_BTD, (None if cache is None else new_cache)
 
     def _recurrence(self, x_BTD, q_BTHK, k_BTnHK, v_BTnHV, initial_state):

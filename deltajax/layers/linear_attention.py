@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from deltajax.layers.conv import ShortConvolution, conv_qkv, conv_qkv_cache
-from deltajax.layers.mixer import head_dims
+from deltajax.layers.mixer import head_dims, value_heads
 from deltajax.layers.norm import l2_normalize
 from deltajax.ops import linear_attention
 
@@ -22,7 +22,8 @@ class LinearAttention(nn.Module):
     d_model: int
     num_heads: int
     head_dim: Optional[int] = None        # default d_model // num_heads
-    expand_v: int = 1                     # value head dim = expand_v * head_dim
+    expand_v: float = 1                   # value head dim = expand_v * head_dim
+    num_v_heads: Optional[int] = None     # grouped value heads, as in DeltaRuleMixer
     use_short_conv: bool = True
     conv_size: int = 4
     chunk_size: int = 64
@@ -33,10 +34,14 @@ class LinearAttention(nn.Module):
     def key_value_dims(self) -> tuple[int, int]:
         return head_dims(self.d_model, self.num_heads, self.head_dim, self.expand_v)
 
+    @property
+    def value_heads(self) -> int:
+        return value_heads(self.num_heads, self.num_v_heads)
+
     def setup(self):
-        (K, V), H = self.key_value_dims, self.num_heads
+        (K, V), H, HV = self.key_value_dims, self.num_heads, self.value_heads
         dense = lambda features: nn.Dense(features, use_bias=False, dtype=self.dtype)
-        self.q_proj, self.k_proj, self.v_proj = dense(H * K), dense(H * K), dense(H * V)
+        self.q_proj, self.k_proj, self.v_proj = dense(H * K), dense(H * K), dense(HV * V)
         if self.use_short_conv:
             conv = lambda: ShortConvolution(self.conv_size, dtype=self.dtype)
             self.q_conv, self.k_conv, self.v_conv = conv(), conv(), conv()
@@ -53,20 +58,21 @@ class LinearAttention(nn.Module):
     def init_cache(self, batch: int, max_len: int) -> dict:
         """The state before any token; max_len is unused (the state has a fixed size)."""
         del max_len
-        (K, V), H = self.key_value_dims, self.num_heads
+        (K, V), H, HV = self.key_value_dims, self.num_heads, self.value_heads
         conv_size = self.conv_size if self.use_short_conv else None
-        return {"state": jnp.zeros((batch, H, K, V), jnp.float32),
-                **conv_qkv_cache(batch, conv_size, (H * K, H * K, H * V), self.dtype)}
+        return {"state": jnp.zeros((batch, HV, K, V), jnp.float32),
+                **conv_qkv_cache(batch, conv_size, (H * K, H * K, HV * V), self.dtype)}
 
     def _mix(self, x_BTD, cache):
         B, T, _ = x_BTD.shape
-        (K, V), H = self.key_value_dims, self.num_heads
+        (K, V), H, HV = self.key_value_dims, self.num_heads, self.value_heads
         convs = (self.q_conv, self.k_conv, self.v_conv) if self.use_short_conv else None
         (q, k, v), new_cache = conv_qkv(
             convs, (self.q_proj(x_BTD), self.k_proj(x_BTD), self.v_proj(x_BTD)), cache)
-        o_BTHV, new_cache["state"] = linear_attention(
-            l2_normalize(q.reshape(B, T, H, K)), l2_normalize(k.reshape(B, T, H, K)),
-            v.reshape(B, T, H, V), initial_state=None if cache is None else cache["state"],
+        heads = lambda x: jnp.repeat(l2_normalize(x.reshape(B, T, H, K)), HV // H, axis=2)
+        o_BTNV, new_cache["state"] = linear_attention(
+            heads(q), heads(k), v.reshape(B, T, HV, V),
+            initial_state=None if cache is None else cache["state"],
             return_final_state=True, chunk_size=self.chunk_size)
-        y_BTD = self.o_proj(self.o_norm(o_BTHV).reshape(B, T, H * V))
+        y_BTD = self.o_proj(self.o_norm(o_BTNV).reshape(B, T, HV * V))
         return y_BTD, (None if cache is None else new_cache)

@@ -22,10 +22,26 @@ class Mixer(Protocol):
     def init_cache(self, batch: int, max_len: int) -> Any: ...
 
 
-def head_dims(d_model: int, num_heads: int, head_dim=None, expand_v: int = 1) -> tuple[int, int]:
+def head_dims(d_model: int, num_heads: int, head_dim=None, expand_v=1) -> tuple[int, int]:
     """(key, value) dims of a head: head_dim, by default d_model // num_heads (then num_heads
-    must divide d_model), and expand_v times that."""
+    must divide d_model), and expand_v times that (FLA's expand_v, which may be a fraction
+    such as 0.5 when the product is a whole number)."""
     if head_dim is None and d_model % num_heads:
         raise ValueError(f"num_heads={num_heads} must divide d_model={d_model}")
     key_dim = head_dim or d_model // num_heads
-    return key_dim, key_dim * expand_v
+    value_dim = key_dim * expand_v
+    if value_dim != int(value_dim) or value_dim < 1:
+        raise ValueError(f"expand_v={expand_v} times the head dim {key_dim} must be a positive "
+                         f"whole number, got {value_dim}")
+    return key_dim, int(value_dim)
+
+
+def value_heads(num_heads: int, num_v_heads=None) -> int:
+    """The value heads: num_heads, or num_v_heads, a multiple of num_heads whose groups of
+    num_v_heads // num_heads value heads share a query/key head (FLA's grouped value heads)."""
+    if num_v_heads is None:
+        return num_heads
+    if num_v_heads % num_heads:
+        raise ValueError(f"num_v_heads={num_v_heads} must be a multiple of "
+                         f"num_heads={num_heads}")
+    return num_v_heads

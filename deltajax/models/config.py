@@ -10,6 +10,7 @@ from an ml_collections config whose `model` holds nested dicts.
 import dataclasses
 from typing import Any, Optional, Union
 
+import jax
 import jax.numpy as jnp
 
 from deltajax.models.mixers import MIXERS
@@ -18,6 +19,15 @@ from deltajax.ops import Backend, check_chunk_size, parse_backend
 _DTYPES = ("float32", "bfloat16")
 MLPS = ("swiglu", "relu")   # relu: Dense + bias, ReLU, Dense + bias (the grokking models)
 NORMS = ("rmsnorm",)
+# "lecun": Flax's defaults (lecun_normal linears, the convolutions' torch-like uniform); "fla":
+# flash-linear-attention's _init_weights, N(0, 0.02) on every linear, convolution and embedding.
+INITS = ("lecun", "fla")
+# ModelConfig.remat -> what a block's backward keeps from its forward (the rest is recomputed).
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,        # only the block's input
+    "dots": jax.checkpoint_policies.checkpoint_dots,          # every matmul's output
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # weight matmuls
+}
 
 
 def _check_positive_int(value, name: str) -> None:
@@ -137,6 +147,16 @@ class ModelConfig:
     tie_embeddings: bool = True
     norm_eps: float = 1e-5
     dtype: str = "float32"                        # compute dtype; parameters stay float32
+    # The heads of the DeltaNet family (every mixer but attention and swa, which keep
+    # d_model // num_heads), as FLA's head_dim, expand_v and num_v_heads: key head dim (None:
+    # d_model // num_heads), value head dim = expand_v * head_dim, and grouped value heads
+    # (None: num_heads; else a multiple of it, num_v_heads // num_heads value heads per q/k head).
+    head_dim: Optional[int] = None
+    expand_v: float = 1
+    num_v_heads: Optional[int] = None
+    init: str = "lecun"                           # one of INITS
+    remat: Optional[str] = None                   # a REMAT_POLICIES name: recompute in backward
+    scan_layers: bool = False                     # nn.scan over the blocks (one mixer for all)
     # Option groups (None: the mixers' defaults), each read by the mixers named after it.
     conv: Optional[ConvOptions] = None  # deltanet, gated_deltanet, delta_product, linear_attention
     delta_rule: Optional[DeltaRuleOptions] = None  # deltanet, gated_deltanet, delta_product
@@ -149,13 +169,11 @@ class ModelConfig:
             object.__setattr__(self, "layer_mixers", tuple(self.layer_mixers))
         for name in ("vocab_size", "d_model", "num_layers", "num_heads"):
             _check_positive_int(getattr(self, name), f"ModelConfig.{name}")
-        if self.d_model % self.num_heads:
-            raise ValueError(f"ModelConfig.num_heads={self.num_heads} must divide "
-                             f"d_model={self.d_model}")
         for name in self.mixers:
             if name not in MIXERS:
                 raise ValueError(f"ModelConfig mixer {name!r} is unknown; "
                                  f"choose from {sorted(MIXERS)}")
+        self._check_heads()
         if len(self.mixers) != self.num_layers:
             raise ValueError(f"ModelConfig.layer_mixers has {len(self.mixers)} names for "
                              f"num_layers={self.num_layers}")
@@ -167,6 +185,15 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.norm must be one of {NORMS} or None, got {self.norm!r}")
         if self.dtype not in _DTYPES:
             raise ValueError(f"ModelConfig.dtype must be one of {_DTYPES}, got {self.dtype!r}")
+        if self.init not in INITS:
+            raise ValueError(f"ModelConfig.init must be one of {INITS}, got {self.init!r}")
+        if self.remat is not None and self.remat not in REMAT_POLICIES:
+            raise ValueError(f"ModelConfig.remat must be one of {tuple(REMAT_POLICIES)} or None, "
+                             f"got {self.remat!r}")
+        _check_bool(self.scan_layers, "ModelConfig.scan_layers")
+        if self.scan_layers and len(set(self.mixers)) > 1:
+            raise ValueError(f"ModelConfig.scan_layers needs one mixer in every layer (nn.scan "
+                             f"repeats one block), got layer_mixers={self.layer_mixers}")
         for group in OPTION_GROUPS:
             object.__setattr__(self, group, _as_group(group, getattr(self, group)))
             users = [name for name, entry in MIXERS.items() if group in entry.groups]
@@ -177,6 +204,35 @@ class ModelConfig:
         if uses_rope and (self.d_model // self.num_heads) % 2:
             raise ValueError(f"attention mixers need an even head dim (RoPE), got "
                              f"d_model / num_heads = {self.d_model // self.num_heads}")
+
+    def _check_heads(self):
+        if self.head_dim is not None:
+            _check_positive_int(self.head_dim, "ModelConfig.head_dim")
+        if self.num_v_heads is not None:
+            _check_positive_int(self.num_v_heads, "ModelConfig.num_v_heads")
+            if self.num_v_heads % self.num_heads:
+                raise ValueError(f"ModelConfig.num_v_heads={self.num_v_heads} must be a multiple "
+                                 f"of num_heads={self.num_heads}")
+        if (isinstance(self.expand_v, bool) or not isinstance(self.expand_v, (int, float))
+                or self.expand_v <= 0):
+            raise ValueError(f"ModelConfig.expand_v must be a positive number, "
+                             f"got {self.expand_v!r}")
+        family = [name for name in self.mixers if MIXERS[name].head_shape]
+        if family and self.head_dim is None and self.d_model % self.num_heads:
+            raise ValueError(f"ModelConfig.num_heads={self.num_heads} must divide "
+                             f"d_model={self.d_model} (or set ModelConfig.head_dim)")
+        if len(family) < len(self.mixers) and self.d_model % self.num_heads:
+            raise ValueError(f"ModelConfig.num_heads={self.num_heads} must divide "
+                             f"d_model={self.d_model} (attention heads are d_model // num_heads)")
+        head_dim = self.head_dim or self.d_model // self.num_heads
+        if family and (head_dim * self.expand_v) % 1:
+            raise ValueError(f"ModelConfig.expand_v={self.expand_v} times the head dim "
+                             f"{head_dim} must be a whole number")
+        for name, unset in (("head_dim", None), ("expand_v", 1), ("num_v_heads", None)):
+            if not family and getattr(self, name) != unset:
+                users = [mixer for mixer, entry in MIXERS.items() if entry.head_shape]
+                raise ValueError(f"ModelConfig.{name} is set but no layer is a "
+                                 f"{' or '.join(map(repr, users))} mixer")
 
     @property
     def mixers(self) -> tuple[str, ...]:

@@ -1,7 +1,12 @@
 """LanguageModel: embedding, pre-norm blocks of (mixer, optional MLP), final norm, head.
 
-ModelConfig.norm = None drops every norm (Nanda et al.'s grokking transformer has none)."""
+ModelConfig.norm = None drops every norm (Nanda et al.'s grokking transformer has none);
+ModelConfig.remat recomputes each block in the backward pass, ModelConfig.scan_layers runs the
+blocks as one nn.scan (parameters stacked on a leading layer axis), and ModelConfig.init="fla"
+draws the parameters as flash-linear-attention does (fla_init)."""
 
+import functools
+from collections.abc import Mapping
 from typing import Optional
 
 import flax.linen as nn
@@ -10,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from deltajax.layers import ReluMLP, SwiGLU
-from deltajax.models.config import ModelConfig
+from deltajax.models.config import REMAT_POLICIES, ModelConfig
 from deltajax.models.mixers import build_mixer
 from deltajax.ops import checks
 
@@ -75,11 +80,54 @@ class Block(nn.Module):
         return self._with_mlp(x_BTD + y_BTD), cache
 
 
+class _ScanBlock(Block):
+    """A Block with nn.scan's signatures: the residual stream is the carry; the per-layer cache
+    (extend) is scanned in and out."""
+
+    def __call__(self, x_BTD, _):
+        return super().__call__(x_BTD), None
+
+
+def _blocks(c: ModelConfig):
+    """The blocks: a list of Blocks, or with c.scan_layers one nn.scan of them ("blocks")."""
+    block = _ScanBlock if c.scan_layers else Block
+    if c.remat:
+        # Inside scan, CSE cannot undo the recomputation, so its prevention is not needed.
+        block = nn.remat(block, policy=REMAT_POLICIES[c.remat], prevent_cse=not c.scan_layers)
+    if not c.scan_layers:
+        return [block(c, name) for name in c.mixers]
+    return nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
+                   length=c.num_layers, methods=["__call__", "extend"])(c, c.mixers[0])
+
+
+@functools.partial(jax.jit, static_argnames="std")  # one compile, not one per leaf shape
+def fla_init(params, key: jax.Array, std: float = 0.02):
+    """params redrawn as flash-linear-attention's _init_weights draws them: N(0, std) on every
+    linear and convolution kernel and embedding (its initializer_range, 0.02), A_log = log U(0,
+    16) as its layers do; norms (ones), biases (zeros) and dt_bias keep their Flax draw, which
+    is FLA's too."""
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+
+    def redraw(path, leaf, key):
+        name = str(getattr(path[-1], "key", path[-1]))
+        if name in ("kernel", "embedding"):
+            return std * jax.random.normal(key, leaf.shape, leaf.dtype)
+        if name == "A_log":  # tiny, not 0: log(0) would make the decay rate infinite
+            tiny = jnp.finfo(leaf.dtype).tiny
+            return jnp.log(jax.random.uniform(key, leaf.shape, leaf.dtype, tiny, 16.0))
+        return leaf
+
+    keys = jax.random.split(key, len(leaves))
+    return treedef.unflatten([redraw(path, leaf, k)
+                              for (path, leaf), k in zip(leaves, keys, strict=True)])
+
+
 class LanguageModel(nn.Module):
     """tokens [B, T] -> float32 logits [B, T, vocab]. Decoding: init_cache, extend, decode_step.
 
     Token ids outside [0, vocab_size) raise a ValueError when concrete; traced (under jit, grad),
-    they make the logits, the returned cache and every gradient NaN.
+    they make the logits, the returned cache and every gradient NaN. The cache is a tuple of
+    per-layer caches, or with scan_layers one cache whose arrays are stacked on a layer axis.
     """
 
     config: ModelConfig
@@ -88,7 +136,7 @@ class LanguageModel(nn.Module):
         c = self.config
         self.embed = nn.Embed(c.vocab_size, c.d_model, embedding_init=nn.initializers.normal(0.02),
                               dtype=c.jnp_dtype)
-        self.blocks = [Block(c, name) for name in c.mixers]
+        self.blocks = _blocks(c)
         self.final_norm = _norm(c)
         if not c.tie_embeddings:
             self.head = nn.Dense(c.vocab_size, use_bias=False, dtype=c.jnp_dtype)
@@ -101,9 +149,21 @@ class LanguageModel(nn.Module):
     def __call__(self, tokens_BT: jax.Array) -> jax.Array:
         invalid = check_tokens(tokens_BT, self.config.vocab_size, "tokens_BT")
         x_BTD = self.embed(tokens_BT)
-        for block in self.blocks:
-            x_BTD = block(x_BTD)
+        if self.config.scan_layers:
+            x_BTD, _ = self.blocks(x_BTD, None)
+        else:
+            for block in self.blocks:
+                x_BTD = block(x_BTD)
         return checks.poison(invalid, self._logits(x_BTD))
+
+    @nn.nowrap
+    def init(self, rngs, *args, **kwargs):
+        """Flax's init; with config.init == "fla" the parameters then redrawn by fla_init."""
+        variables = super().init(rngs, *args, **kwargs)
+        if self.config.init != "fla":
+            return variables
+        key = jax.random.fold_in(rngs["params"] if isinstance(rngs, Mapping) else rngs, 1)
+        return {**variables, "params": fla_init(variables["params"], key)}
 
     def extend(self, tokens_BT: jax.Array, cache: tuple) -> tuple[jax.Array, tuple]:
         """Logits of tokens that continue the cached sequence, and the cache after them."""
@@ -112,12 +172,16 @@ class LanguageModel(nn.Module):
     def _extend(self, tokens_BT, cache, name):
         invalid = check_tokens(tokens_BT, self.config.vocab_size, name)
         x_BTD = self.embed(tokens_BT)
-        new_cache = []
-        for block, layer_cache in zip(self.blocks, cache, strict=True):
-            x_BTD, layer_cache = block.extend(x_BTD, layer_cache)
-            new_cache.append(layer_cache)
+        if self.config.scan_layers:
+            x_BTD, new_cache = self.blocks.extend(x_BTD, cache)
+        else:
+            new_cache = []
+            for block, layer_cache in zip(self.blocks, cache, strict=True):
+                x_BTD, layer_cache = block.extend(x_BTD, layer_cache)
+                new_cache.append(layer_cache)
+            new_cache = tuple(new_cache)
         # The cache too: a bad token's state would make later, valid steps silently wrong.
-        return checks.poison(invalid, (self._logits(x_BTD), tuple(new_cache)))
+        return checks.poison(invalid, (self._logits(x_BTD), new_cache))
 
     def decode_step(self, tokens_B: jax.Array, cache: tuple) -> tuple[jax.Array, tuple]:
         if jnp.ndim(tokens_B) != 1:
@@ -128,5 +192,8 @@ class LanguageModel(nn.Module):
     def init_cache(self, batch: int, max_len: int) -> tuple:
         """Per-layer caches of an empty sequence; needs no parameters (callable unbound)."""
         batch, max_len = _check_size(batch, "batch"), _check_size(max_len, "max_len")
-        return tuple(build_mixer(self.config, name, parent=None).init_cache(batch, max_len)
-                     for name in self.config.mixers)
+        caches = tuple(build_mixer(self.config, name, parent=None).init_cache(batch, max_len)
+                       for name in self.config.mixers)
+        if self.config.scan_layers:
+            return jax.tree.map(lambda *layers: jnp.stack(layers), *caches)
+        return caches

@@ -12,6 +12,7 @@ class MixerEntry(NamedTuple):
     layer: Callable[..., Mixer]   # the layer class
     kwargs: Callable[..., dict]   # config -> the layer's arguments
     groups: tuple[str, ...]       # the option groups kwargs reads (a group no layer reads: error)
+    head_shape: bool = False      # reads ModelConfig.head_dim, expand_v and num_v_heads
 
 
 def _base(c):
@@ -20,7 +21,8 @@ def _base(c):
 
 def _conv(c):
     conv = c.options("conv")
-    return dict(**_base(c), use_short_conv=conv.enabled, conv_size=conv.size, norm_eps=c.norm_eps)
+    return dict(**_base(c), head_dim=c.head_dim, expand_v=c.expand_v, num_v_heads=c.num_v_heads,
+                use_short_conv=conv.enabled, conv_size=conv.size, norm_eps=c.norm_eps)
 
 
 def _delta(c):
@@ -52,10 +54,10 @@ def _swa(c):
 
 _DELTA = ("conv", "delta_rule")
 MIXERS = {
-    "deltanet": MixerEntry(DeltaNet, _delta, _DELTA),
-    "gated_deltanet": MixerEntry(GatedDeltaNet, _delta, _DELTA),
-    "delta_product": MixerEntry(DeltaProduct, _delta_product, (*_DELTA, "delta_product")),
-    "linear_attention": MixerEntry(LinearAttention, _linear, ("conv", "linear_attention")),
+    "deltanet": MixerEntry(DeltaNet, _delta, _DELTA, True),
+    "gated_deltanet": MixerEntry(GatedDeltaNet, _delta, _DELTA, True),
+    "delta_product": MixerEntry(DeltaProduct, _delta_product, (*_DELTA, "delta_product"), True),
+    "linear_attention": MixerEntry(LinearAttention, _linear, ("conv", "linear_attention"), True),
     "attention": MixerEntry(Attention, _attention, ("attention",)),
     "swa": MixerEntry(Attention, _swa, ("attention",)),
 }

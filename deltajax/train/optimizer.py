@@ -7,6 +7,12 @@ import optax
 
 from deltajax.train import schedules
 
+# What flash-linear-attention's training leaves undecayed (its param grouping: biases, norm and
+# embedding weights, and the parameters its layers mark _no_weight_decay, the decay's A_log and
+# dt_bias). Convolution and linear kernels decay. "dt_bias" is its own name here: decay_mask
+# matches whole path components, so "bias" does not cover it.
+FLA_NO_DECAY_NAMES = ("bias", "scale", "embedding", "A_log", "dt_bias")
+
 
 def decay_mask(params, no_decay_names: Sequence[str]):
     """A pytree of bools like params: False where a path component (module or parameter name)
