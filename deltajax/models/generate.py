@@ -212,14 +212,15 @@ def generate(model: LanguageModel, params, prompt_BT: jax.Array, max_new_tokens:
     key: a PRNG key. None decodes greedily; with a key, tokens are drawn from softmax(logits /
       temperature) (temperature: default 1, 0 is greedy) restricted to the top_k most probable
       (a positive integer) and then to the smallest set whose probability reaches top_p (in
-      (0, 1]). The draw at position t uses fold_in(key, t), so a row's tokens do not depend on
-      `bucket` or on the other rows' lengths.
+      (0, 1]). The draw at position t uses fold_in(key, t).
     eos_id: a token id or a sequence of them; a row that generates one stops there (the EOS is
       kept) and the rest of its row is pad_id (an integer).
-    bucket: the prompt is padded to a multiple of `bucket` positions and the tokens every row
-      shares are prefilled in one pass up to a multiple of `bucket`, the rest one position at a
-      time: prompts whose widths and shortest rows round to the same multiples share one
-      compiled program (for a fixed batch, max_new_tokens and model).
+    bucket: the prompt is padded to a multiple of `bucket` positions, and the shortest row's
+      length rounded down to a multiple of `bucket` is prefilled in one pass; the positions after
+      it go one decode step at a time (a row's remaining prompt tokens, then its new ones). So
+      prompts whose widths and shortest rows round to the same multiples share one compiled
+      program (for a given model, batch and max_new_tokens), at the price of fewer than
+      `bucket` prompt positions fed one at a time beyond each row's extra length.
     Returns Generation(tokens [B, time + max_new_tokens] int32, lengths [B] int32). Under jit
     with a prompt outside the vocabulary or bad prompt_lengths, the new tokens are -1 (the
     logits are NaN).
@@ -232,6 +233,8 @@ def generate(model: LanguageModel, params, prompt_BT: jax.Array, max_new_tokens:
                          "variables dict {'params': ...} that model.init returns")
     max_new_tokens = _positive_int(max_new_tokens, "max_new_tokens")
     bucket = _positive_int(bucket, "bucket")
+    if not isinstance(prompt_BT, jax.Array):   # lists and NumPy arrays
+        prompt_BT = np.asarray(prompt_BT)
     if jnp.ndim(prompt_BT) != 2 or jnp.shape(prompt_BT)[1] < 1:
         raise ValueError(f"prompt_BT must have shape [batch, time >= 1], got "
                          f"{jnp.shape(prompt_BT)}")
@@ -240,10 +243,14 @@ def generate(model: LanguageModel, params, prompt_BT: jax.Array, max_new_tokens:
     vocab_size = model.config.vocab_size
     if not jnp.issubdtype(jnp.result_type(prompt_BT), jnp.integer):   # before jnp.where casts it
         check_tokens(prompt_BT, vocab_size, "prompt_BT")
-    # Only the prompts are checked (and fed): the padding after them may hold anything.
-    in_prompt_BT = jnp.arange(T)[None, :] < lengths_B[:, None]
-    prompt_BT = jnp.where(in_prompt_BT, prompt_BT, 0).astype(jnp.int32)
-    bad_tokens = check_tokens(prompt_BT, vocab_size, "prompt_BT")
+    # Only the prompts are checked (and fed): the padding after them may hold anything. NumPy
+    # when concrete: jnp ops would compile for each prompt width, which bucketing avoids.
+    values = checks.concrete(prompt_BT)
+    xp, prompt_BT = (np, values) if values is not None and isinstance(lengths_B, np.ndarray) \
+        else (jnp, prompt_BT)
+    prompt_BT = xp.where(np.arange(T)[None, :] < lengths_B[:, None], prompt_BT, 0)
+    bad_tokens = check_tokens(prompt_BT, vocab_size, "prompt_BT")   # before int32 could wrap
+    prompt_BT = prompt_BT.astype(np.int32)
     eos_E = _eos_ids(eos_id, vocab_size)
     if isinstance(pad_id, bool) or not isinstance(pad_id, (int, np.integer)) \
             or not -2 ** 31 <= pad_id < 2 ** 31:
@@ -260,11 +267,12 @@ def generate(model: LanguageModel, params, prompt_BT: jax.Array, max_new_tokens:
     top_p = _number(1.0 if top_p is None else top_p, "top_p", 0.0, 1.0, True)
 
     P = -(-T // bucket) * bucket
+    prompt_BP = xp.pad(prompt_BT, [(0, 0), (0, P - T)])
     # Traced lengths: every position one by one.
     prefill = int(lengths_B.min()) // bucket * bucket if isinstance(lengths_B, np.ndarray) else 0
     invalid = checks.any_invalid([bad_lengths, bad_tokens])
     tokens_BS, lengths_B = _generate(
-        model, params, jnp.pad(prompt_BT, [(0, 0), (0, P - T)]), lengths_B, eos_E,
+        model, params, prompt_BP, lengths_B, eos_E,
         jnp.int32(pad_id), key, temperature, jnp.int32(min(top_k, vocab_size)), top_p,
         jnp.bool_(False) if invalid is None else invalid,
         max_new_tokens=max_new_tokens, prefill=prefill)
