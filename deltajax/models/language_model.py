@@ -160,7 +160,7 @@ class LanguageModel(nn.Module):
     def init(self, rngs, *args, **kwargs):
         """Flax's init; with config.init == "fla" the parameters then redrawn by fla_init."""
         variables = super().init(rngs, *args, **kwargs)
-        if self.config.init != "fla":
+        if self.config.init != "fla" or "params" not in variables:
             return variables
         key = jax.random.fold_in(rngs["params"] if isinstance(rngs, Mapping) else rngs, 1)
         return {**variables, "params": fla_init(variables["params"], key)}
