@@ -17,6 +17,13 @@ PARALLELISM = ("jit", "pmap")
 CPU_COLLECTIVES = ("gloo", "mpi")  # jax_cpu_collectives_implementation
 
 
+# What flash-linear-attention's training leaves undecayed (its param grouping: biases, norm and
+# embedding weights, and the parameters its layers mark _no_weight_decay, the decay's A_log and
+# dt_bias). Convolution and linear kernels decay. "dt_bias" is its own name here: decay_mask
+# matches whole path components, so "bias" does not cover it.
+FLA_NO_DECAY_NAMES = ("bias", "scale", "embedding", "A_log", "dt_bias")
+
+
 def default_config() -> ml_collections.ConfigDict:
     """Every field the trainer reads, with its default. Fields set to None are optional."""
     c = ml_collections.ConfigDict()
@@ -32,8 +39,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.optimizer.b2 = 0.95
     c.optimizer.eps = 1e-8
     c.optimizer.weight_decay = 0.1    # decoupled (AdamW)
-    # Parameters whose path contains one of these names get no weight decay.
-    c.optimizer.no_decay_names = ("bias", "scale", "embedding")
+    # Parameters whose path contains one of these names get no weight decay: FLA's groups
+    # (biases, norms, embeddings, the decay's A_log and dt_bias).
+    c.optimizer.no_decay_names = FLA_NO_DECAY_NAMES
     c.optimizer.grad_clip_norm = 1.0  # global-norm clipping; None or 0 turns it off
 
     c.schedule = ml_collections.ConfigDict()

@@ -6,12 +6,7 @@ import jax
 import optax
 
 from deltajax.train import schedules
-
-# What flash-linear-attention's training leaves undecayed (its param grouping: biases, norm and
-# embedding weights, and the parameters its layers mark _no_weight_decay, the decay's A_log and
-# dt_bias). Convolution and linear kernels decay. "dt_bias" is its own name here: decay_mask
-# matches whole path components, so "bias" does not cover it.
-FLA_NO_DECAY_NAMES = ("bias", "scale", "embedding", "A_log", "dt_bias")
+from deltajax.train.config import FLA_NO_DECAY_NAMES  # noqa: F401  (its public home)
 
 
 def decay_mask(params, no_decay_names: Sequence[str]):

@@ -8,6 +8,7 @@ import pytest
 
 from deltajax.train import default_config, fit, merge_with_defaults, validate_config
 from deltajax.train.config import FIELD_RULES
+from deltajax.train.optimizer import FLA_NO_DECAY_NAMES, decay_mask
 from tests.train.helpers import MODEL, TRAIN_SOURCE, tiny_config
 
 
@@ -171,3 +172,13 @@ def test_an_integer_field_refuses_a_boolean_that_ml_collections_lets_through():
     config.logging.every_steps = True  # bool is an int subclass: the ConfigDict accepts it
     with pytest.raises(ValueError, match=r"config\.logging\.every_steps must be an integer"):
         validate_config(config, num_devices=1, num_processes=1)
+
+
+def test_weight_decay_leaves_out_what_fla_leaves_out_by_default():
+    assert default_config().optimizer.no_decay_names == FLA_NO_DECAY_NAMES
+    params = {"layer": {"A_log": 0.0, "dt_bias": 0.0, "q_proj": {"kernel": 0.0, "bias": 0.0}},
+              "norm": {"scale": 0.0}, "embed": {"embedding": 0.0}}
+    mask = decay_mask(params, default_config().optimizer.no_decay_names)
+    assert mask == {"layer": {"A_log": False, "dt_bias": False,
+                              "q_proj": {"kernel": True, "bias": False}},
+                    "norm": {"scale": False}, "embed": {"embedding": False}}
