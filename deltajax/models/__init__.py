@@ -9,10 +9,10 @@ from deltajax.models.config import (
     ModelConfig,
     hybrid,
 )
-from deltajax.models.generate import count_params, generate
+from deltajax.models.generate import Generation, count_params, generate, sample_logits
 from deltajax.models.language_model import Block, LanguageModel
 from deltajax.models.mixers import MIXERS, MixerEntry, build_mixer
 
 __all__ = ["AttentionOptions", "Block", "ConvOptions", "DeltaProductOptions", "DeltaRuleOptions",
-           "LanguageModel", "LinearAttentionOptions", "MIXERS", "MixerEntry", "ModelConfig",
-           "build_mixer", "count_params", "generate", "hybrid"]
+           "Generation", "LanguageModel", "LinearAttentionOptions", "MIXERS", "MixerEntry",
+           "ModelConfig", "build_mixer", "count_params", "generate", "hybrid", "sample_logits"]
