@@ -18,6 +18,7 @@ from deltajax.layers import ReluMLP, SwiGLU
 from deltajax.models.config import REMAT_POLICIES, ModelConfig
 from deltajax.models.mixers import build_mixer
 from deltajax.ops import checks
+from deltajax.ops.attention import check_cache_positions
 
 
 def _norm(config: ModelConfig):
@@ -173,6 +174,10 @@ class LanguageModel(nn.Module):
         invalid = check_tokens(tokens_BT, self.config.vocab_size, name)
         x_BTD = self.embed(tokens_BT)
         if self.config.scan_layers:
+            if self.config.mixers[0] == "attention":
+                # Inside nn.scan every position is traced (NaN, not an error): check the
+                # layers' shared position here, where it is still concrete.
+                check_cache_positions(cache["pos"][0], tokens_BT.shape[1], cache["k"].shape[2])
             x_BTD, new_cache = self.blocks.extend(x_BTD, cache)
         else:
             new_cache = []

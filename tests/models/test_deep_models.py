@@ -125,3 +125,14 @@ def test_scanned_model_decodes_as_its_forward_with_a_stacked_cache():
 def test_bad_deep_model_options_name_the_field(options, match):
     with pytest.raises(ValueError, match=match):
         dataclasses.replace(UNROLLED, **options)
+
+
+def test_scanned_attention_cache_overflow_raises_before_the_scan():
+    config = ModelConfig(vocab_size=16, d_model=8, num_layers=2, num_heads=1, mixer="attention",
+                         mlp=None, scan_layers=True)
+    model = LanguageModel(config)
+    tokens = jnp.zeros((1, 3), jnp.int32)
+    params = jax.eval_shape(model.init, jax.random.PRNGKey(0), tokens)["params"]
+    params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), params)
+    with pytest.raises(ValueError, match="do not fit a KV cache of 2 positions"):
+        model.apply({"params": params}, tokens, model.init_cache(1, 2), method=model.extend)
