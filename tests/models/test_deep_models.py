@@ -131,8 +131,10 @@ def test_scanned_attention_cache_overflow_raises_before_the_scan():
     config = ModelConfig(vocab_size=16, d_model=8, num_layers=2, num_heads=1, mixer="attention",
                          mlp=None, scan_layers=True)
     model = LanguageModel(config)
-    tokens = jnp.zeros((1, 3), jnp.int32)
+    tokens = jnp.zeros((1, 2), jnp.int32)
     params = jax.eval_shape(model.init, jax.random.PRNGKey(0), tokens)["params"]
     params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), params)
-    with pytest.raises(ValueError, match="do not fit a KV cache of 2 positions"):
-        model.apply({"params": params}, tokens, model.init_cache(1, 2), method=model.extend)
+    extend = functools.partial(model.apply, {"params": params}, method=model.extend)
+    _, full = extend(tokens, model.init_cache(1, 2))
+    with pytest.raises(ValueError, match="start=2: .* do not fit a KV cache of 2 positions"):
+        extend(tokens[:, :1], full)
