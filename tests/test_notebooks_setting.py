@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NOTEBOOKS = ("quickstart", "recall", "grokking", "scan_vs_pallas")
+NOTEBOOKS = ("quickstart", "recall", "grokking", "scan_vs_pallas", "state_tracking")
 SWITCH = 'SMOKE = os.environ.get("DELTAJAX_NOTEBOOK_SMOKE") == "1"'
 
 
