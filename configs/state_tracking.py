@@ -5,7 +5,8 @@ scored at every position of longer ones (deltajax/data/state_tracking.py).
     python -m experiments.state_tracking --config=configs/state_tracking.py:cpu \
         --workdir=runs/state-tracking-cpu --out=benchmarks/results/cpu-state-tracking
 
-Presets (one recipe per preset, the same for every mixer of it, fixed before any result):
+Presets (PRESETS below, one line each in `--help`; one recipe per preset, the same for every
+mixer of it, fixed before any result):
   paper  the published settings, for a GPU or TPU.
          Grazzi et al. 2025 (parity, modular arithmetic mod 5 without brackets), from the
          authors' code (github.com/automl/unlocking_state_tracking, xLSTM's formal-language
@@ -39,7 +40,12 @@ import ml_collections
 
 from deltajax.study import named_run, run_id
 
-PRESETS = ("paper", "cpu", "smoke")
+# A preset -> one line for --help (the docstring above gives each recipe in full).
+PRESETS = {
+    "paper": "published grids: parity, arithmetic (Grazzi et al.), S3-S5 (Siems et al.); GPU/TPU",
+    "cpu": "parity contrast, DeltaProduct n_h 1-2 on S3, arithmetic; d_model 32; 2 cores, ~50 min",
+    "smoke": "seconds, for the tests",
+}
 # A mixer of the study -> its model fields. "_neg": beta in [0, 2] (eigenvalues in [-1, 1]).
 # A ModelConfig rejects option groups its layers do not read: the references drop delta_rule.
 MIXERS = {
@@ -62,7 +68,7 @@ PAPER_CHOMSKY_MIXERS = ("deltanet", "deltanet_neg", "gated_deltanet", "gated_del
 
 def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
     if preset not in PRESETS:
-        raise ValueError(f"configs/state_tracking.py preset must be one of {PRESETS}; got "
+        raise ValueError(f"configs/state_tracking.py preset must be one of {tuple(PRESETS)}; got "
                          f"{preset!r}")
     c = ml_collections.ConfigDict()
     c.preset = preset
