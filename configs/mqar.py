@@ -15,26 +15,38 @@ from deltajax.study import named_run, run_id
 
 # A preset -> one line for --help.
 PRESETS = {
-    "paper": "the published grid: 6 mixers x d_model 64-512 x 4 (T, kv pairs) x 4 lrs; GPU/TPU",
-    "cpu_sweep": "the same grid for seq_len <= 256, shrunk (vocab, data, steps) for 2 CPU cores",
-    "cpu": "`make run`: 3 mixers at one setting where linear attention falls behind; minutes",
+    "paper": "the published grid, every mixer with and without short conv, 4 lrs, 2 seeds; GPU/TPU",
+    "cpu_sweep": "every mixer with and without short conv at (128, 16) and (128, 32), d_model 64, "
+                 "2 seeds; 2 cores, about an hour",
+    "cpu_hard": "(512, 64): DeltaNet with and without conv at d_model 128 and 256; 2 cores, hours",
+    "cpu": "`make run`: DeltaNet, linear attention, attention (all with conv) at (128, 32), "
+           "d_model 64; minutes",
     "smoke": "seconds, for the tests",
 }
 # (seq_len, num_kv_pairs) of the published grid.
 PAPER_SETTINGS = ((64, 4), (128, 8), (256, 16), (512, 64))
 PAPER_LEARNING_RATES = tuple(float(lr) for lr in np.logspace(-4, -2, 4))
+# The learning rate of every CPU preset: the grid's third, fixed before any CPU run.
+CPU_LEARNING_RATE = PAPER_LEARNING_RATES[2]
+SEEDS = (0, 1)
 # A mixer of the study -> its model fields. A ModelConfig rejects an option group that none of
-# its layers uses, so each variant drops the base model's groups it does not use.
+# its layers uses, so each variant drops the base model's groups it does not use. The
+# recurrent mixers carry FLA's short convolution by default; `_noconv` removes it. Attention
+# is plain by default; `_conv` gives it the same front end (as Zoology's newer configs do).
 MIXERS = {
     "deltanet": dict(mixer="deltanet", attention=None),
     "deltanet_noconv": dict(mixer="deltanet", conv=dict(enabled=False), attention=None),
     "gated_deltanet": dict(mixer="gated_deltanet", attention=None),
+    "gated_deltanet_noconv": dict(mixer="gated_deltanet", conv=dict(enabled=False),
+                                  attention=None),
     "linear_attention": dict(mixer="linear_attention", delta_rule=None, attention=None),
+    "linear_attention_noconv": dict(mixer="linear_attention", conv=dict(enabled=False),
+                                    delta_rule=None, attention=None),
     "attention": dict(mixer="attention", delta_rule=None),
+    "attention_conv": dict(mixer="attention", delta_rule=None, attention=dict(conv_size=4)),
     "swa": dict(mixer="swa", delta_rule=None),
+    "swa_conv": dict(mixer="swa", delta_rule=None, attention=dict(conv_size=4)),
 }
-
-
 def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
     if preset not in PRESETS:
         raise ValueError(f"configs/mqar.py preset must be one of {tuple(PRESETS)}; got "
@@ -57,7 +69,8 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
         d_model=64, num_layers=2, num_heads=1, mixer="deltanet", mlp=None, dtype="float32",
         conv=None,                                        # the mixers' default short conv
         delta_rule=dict(backend="auto", chunk_size=64),   # "recurrent" (the lax.scan), "chunked"
-        attention=dict(window_size=32)))                  # "swa": tokens each position attends to
+        attention=dict(window_size=32,                    # "swa": tokens each position sees
+                       conv_size=None)))                  # set by the *_conv mixers
 
     # deltajax.train.fit's fields; the study sets eval.num_batches to cover the eval set.
     c.train = ml_collections.ConfigDict()
@@ -72,56 +85,62 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
     c.train.logging = ml_collections.ConfigDict(dict(every_steps=100))
 
     mixers, d_models = tuple(MIXERS), (64, 128, 256, 512)
-    settings, learning_rates = PAPER_SETTINGS, PAPER_LEARNING_RATES
-    if preset == "cpu_sweep":
+    settings, learning_rates, seeds = PAPER_SETTINGS, PAPER_LEARNING_RATES, SEEDS
+    if preset in ("cpu", "cpu_sweep", "cpu_hard"):
         _shrink_for_cpu(c)
-        settings = tuple(s for s in PAPER_SETTINGS if s[0] <= 256)
-        # The grid's learning rates, most promising for 600 steps first: a sweep stopped
-        # part-way has then run every cell at those.
-        learning_rates = tuple(PAPER_LEARNING_RATES[i] for i in (2, 3, 1, 0))
-    elif preset == "cpu":
-        _shrink_for_cpu(c)
-        mixers, d_models = ("deltanet", "linear_attention", "attention"), (64,)
-        settings, learning_rates = ((128, 16),), (PAPER_LEARNING_RATES[2],)
+        learning_rates = (CPU_LEARNING_RATE,)
+    if preset == "cpu":
+        # Every mixer with the short conv (attention without it does not learn recall within
+        # the budget), at the width where 32 pairs fill half of a head's 64 key dimensions.
+        mixers, d_models, settings, seeds = ("deltanet", "linear_attention", "attention_conv"), \
+            (64,), ((128, 32),), (0,)
+    elif preset == "cpu_sweep":
+        mixers = tuple(m for m in MIXERS if not m.startswith("swa"))
+        d_models, settings = (64,), ((128, 16), (128, 32))
+    elif preset == "cpu_hard":
+        mixers, d_models, settings = ("deltanet", "deltanet_noconv"), (128, 256), ((512, 64),)
+        c.task.vocab_size = 1024  # MQAR needs a vocabulary larger than seq_len
     elif preset == "smoke":
         _shrink_for_cpu(c)
-        mixers, d_models, settings, learning_rates = ("deltanet", "attention"), (16,), \
-            ((32, 4),), (3e-3,)
+        mixers, d_models, settings, learning_rates, seeds = ("deltanet", "attention"), (16,), \
+            ((32, 4),), (3e-3,), (0,)
         c.task.update(num_train_examples=64, num_eval_examples=16)
         c.train.update(num_steps=4, global_batch_size=8)
         c.train.schedule.warmup_steps = 1
         c.train.eval.every_steps = 2
         c.train.checkpoint.every_steps = 2
-    c.sweep = sweep(mixers, d_models, settings, learning_rates)
+    c.sweep = sweep(mixers, d_models, settings, learning_rates, seeds)
     return c
 
 
-def sweep(mixers, d_models, settings, learning_rates) -> list:
-    """One run per (learning rate, d_model, setting, mixer). Learning rates outermost: a sweep
-    stopped part-way has covered every cell at the first learning rates of the list."""
+def sweep(mixers, d_models, settings, learning_rates, seeds=(0,)) -> list:
+    """One run per (seed, learning rate, d_model, setting, mixer). Seeds, then learning rates
+    outermost: a sweep stopped part-way has covered every cell at the first seed and rates."""
     unknown = sorted(set(mixers) - set(MIXERS))
     if unknown:
         raise ValueError(f"configs/mqar.py mixers: {unknown} are not among {sorted(MIXERS)}")
     runs = []
-    for lr in learning_rates:
-        for d_model in d_models:
-            for seq_len, kv in settings:
-                for mixer in mixers:
-                    name = run_id(mixer, T=seq_len, kv=kv, d=d_model, lr=f"{lr:.1e}")
-                    runs.append(named_run(
-                        name, model=dict(MIXERS[mixer], d_model=d_model),
-                        task=dict(seq_len=seq_len, num_kv_pairs=kv),
-                        train=dict(optimizer=dict(learning_rate=float(lr)))))
+    for seed in seeds:
+        for lr in learning_rates:
+            for d_model in d_models:
+                for seq_len, kv in settings:
+                    for mixer in mixers:
+                        name = run_id(mixer, T=seq_len, kv=kv, d=d_model, lr=f"{lr:.1e}",
+                                      seed=seed)
+                        runs.append(named_run(
+                            name, seed=seed, model=dict(MIXERS[mixer], d_model=d_model),
+                            task=dict(seq_len=seq_len, num_kv_pairs=kv),
+                            train=dict(optimizer=dict(learning_rate=float(lr)))))
     return runs
 
 
 def _shrink_for_cpu(c):
-    """A vocabulary, data set and step budget that two CPU cores train in about a minute per run.
+    """Vocabulary, data and step budget for two CPU cores; every mixer gets the same recipe.
 
-    The vocabulary still exceeds every seq_len; the logits over 8192 tokens would otherwise cost
-    more than the model itself."""
+    The vocabulary still exceeds every seq_len; logits over 8192 tokens would cost more than
+    the model. At most 2500 steps of batch 32 (80k sequences, 4 epochs), early stop at 99%."""
     c.task.update(vocab_size=512, num_train_examples=20_000, num_eval_examples=256)
-    c.train.update(num_steps=600, global_batch_size=32)
+    c.train.update(num_steps=2500, global_batch_size=32)
     c.train.schedule.warmup_steps = 50
     c.train.eval.every_steps = 100
     c.train.checkpoint.every_steps = 100

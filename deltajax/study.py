@@ -197,6 +197,9 @@ def run_sweep(config, workdir: str, train_fn: Callable, *,
         this = run_config(config, run)
         result = _finished(this, run_dir)
         if result is None:
+            if os.path.exists(os.path.join(run_dir, "result.json")):
+                log(f"[{index}/{len(runs)}] {run['name']}: its config changed since it "
+                    "finished; training again from its checkpoints")
             os.makedirs(run_dir, exist_ok=True)
             if jax.process_index() == 0:
                 write_text(os.path.join(run_dir, "config.json"), _json(this))
@@ -205,7 +208,8 @@ def run_sweep(config, workdir: str, train_fn: Callable, *,
                 write_json(os.path.join(run_dir, "result.json"), result)
             log(f"[{index}/{len(runs)}] {run['name']}: done")
         else:
-            log(f"[{index}/{len(runs)}] {run['name']}: finished before, skipped")
+            log(f"[{index}/{len(runs)}] {run['name']}: reused (finished before with this same "
+                "config)")
         results.append(result)
         if after_each is not None:
             after_each(results)
@@ -264,6 +268,7 @@ def run_study(config, workdir: str, *, study: str, train_fn: Callable, report: C
     check_config(config, study)
     os.makedirs(workdir, exist_ok=True)
     command = command or f"python -m experiments.{study}"
+    start = time.perf_counter()
     if report_only:
         results = finished_results(config, workdir)
     else:
@@ -271,7 +276,9 @@ def run_study(config, workdir: str, *, study: str, train_fn: Callable, report: C
             config, workdir, so_far, report, command=command))
     print(write_report(config, workdir, results, report, command=command, out=out))
     where = f"{out}.md" if out else os.path.join(workdir, "results.md")
-    print(f"wrote {where}; logs: tensorboard --logdir {os.path.join(workdir, 'runs')}")
+    minutes, seconds = divmod(round(time.perf_counter() - start), 60)
+    print(f"wrote {where} in {minutes} min {seconds} s; logs: tensorboard --logdir "
+          f"{os.path.join(workdir, 'runs')}")
     return results
 
 

@@ -14,9 +14,11 @@ finished runs and resumes the unfinished one; --report_only writes the report of
 import collections
 import functools
 import time
+from typing import Optional
 
 import jax
 import matplotlib
+import numpy as np
 
 from deltajax import study
 from deltajax.data import MQARSource
@@ -27,6 +29,23 @@ from deltajax.train.evaluate import evaluate
 
 matplotlib.use("Agg")  # files only; no display on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
+
+# The grid of Zoology's and the DeltaNet paper's Fig. 2: (seq_len, kv pairs).
+PUBLISHED_SETTINGS = ((64, 4), (128, 8), (256, 16), (512, 64))
+# Published MQAR accuracy (%), read from those figures, for every d_model (64-512) of a
+# published setting: mixer -> (value, source). Attention is at ~100% in every setting and width;
+# DeltaNet at ~100% (from d_model 128 in the hardest setting). Neither plots linear attention.
+PUBLISHED = {"attention": (100.0, "Zoology Fig. 2, DeltaNet Fig. 2"),
+             "deltanet": (100.0, "DeltaNet Fig. 2")}
+
+
+def published(mixer: str, seq_len: int, num_kv_pairs: int) -> Optional[tuple]:
+    """(value, source) for a study mixer (attention_conv counts as attention) or None; off the
+    published grid, the source says the value is that of every published setting."""
+    value = PUBLISHED.get(mixer.removesuffix("_conv"))
+    if value is None or (seq_len, num_kv_pairs) in PUBLISHED_SETTINGS:
+        return value
+    return value[0], f"at every published setting; {value[1]}"
 
 
 def build_model(config) -> LanguageModel:
@@ -89,11 +108,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 
 def cell(config, run) -> tuple:
-    """(seq_len, num_kv_pairs, mixer, d_model, learning_rate) of a run; the mixer is the first
-    word of its name (deltanet_noconv is a deltanet model)."""
+    """(seq_len, num_kv_pairs, mixer, d_model, learning_rate, seed) of a run; the mixer is the
+    first word of its name (deltanet_noconv is a deltanet model)."""
     this = study.run_config(config, run)
     return (this.task.seq_len, this.task.num_kv_pairs, run["name"].split("-")[0],
-            this.model.d_model, this.train.optimizer.learning_rate)
+            this.model.d_model, this.train.optimizer.learning_rate, this.seed)
 
 
 def _axes(config) -> tuple:
@@ -104,64 +123,107 @@ def _axes(config) -> tuple:
             list(dict.fromkeys(c[2] for c in cells)), sorted({c[3] for c in cells}))
 
 
-def markdown_table(config, results: list) -> str:
-    """One table per (seq_len, kv pairs): rows mixers, columns d_model, cells the best accuracy
-    in % (the learning rate that gave it, and how many of the learning rates have run when not
-    all have); "-" where no run has finished."""
-    by_name, settings, mixers, d_models = _axes(config)
-    num_lrs = len({c[4] for c in by_name.values()})
-    best, tried = {}, collections.Counter()
+def summarise(config, results: list) -> dict:
+    """(seq_len, kv, mixer, d_model) -> the learning rate with the best mean accuracy over the
+    seeds that finished, and at it: accuracies (%) per seed, how many of the sweep's learning
+    rates and seeds have finished ("lrs", "seeds" as (finished, planned))."""
+    by_name = _axes(config)[0]
+    planned_lrs = collections.defaultdict(set)
+    planned_seeds = collections.defaultdict(set)
+    for seq_len, kv, mixer, d, lr, seed in by_name.values():
+        planned_lrs[seq_len, kv, mixer, d].add(lr)
+        planned_seeds[seq_len, kv, mixer, d].add(seed)
+    accuracies = collections.defaultdict(lambda: collections.defaultdict(list))
     for result in results:
-        *key, lr = by_name[result["name"]]
-        key = tuple(key)
-        tried[key] += 1
-        if key not in best or result["accuracy"] > best[key][0]:
-            best[key] = (result["accuracy"], lr)
+        seq_len, kv, mixer, d, lr, _ = by_name[result["name"]]
+        accuracies[seq_len, kv, mixer, d][lr].append(100 * result["accuracy"])
+    summary = {}
+    for key, per_lr in accuracies.items():
+        lr, accs = max(per_lr.items(), key=lambda item: np.mean(item[1]))
+        summary[key] = dict(lr=lr, accuracies=accs,
+                            lrs=(len(per_lr), len(planned_lrs[key])),
+                            seeds=(len(accs), len(planned_seeds[key])))
+    return summary
+
+
+def _cell_text(entry: dict, many_lrs: bool) -> str:
+    accs = entry["accuracies"]
+    text = f"{np.mean(accs):.1f}"
+    if len(accs) > 1:
+        text += f" ({min(accs):.1f}-{max(accs):.1f})"
+    notes = [f"lr {entry['lr']:.1e}"] if many_lrs else []
+    for what in ("lrs", "seeds"):
+        done, planned = entry[what]
+        if done < planned:
+            notes.append(f"{done} of {planned} {what}")
+    return text + (f" [{'; '.join(notes)}]" if notes else "")
+
+
+def markdown_table(config, results: list) -> str:
+    """One table per (seq_len, kv pairs): rows mixers, columns d_model, then the published
+    value. A cell: the mean accuracy in % over seeds (their range in brackets) at the learning
+    rate with the best mean, with what has not finished yet; "-" where no run has finished."""
+    by_name, settings, mixers, d_models = _axes(config)
+    many_lrs = len({c[4] for c in by_name.values()}) > 1
+    summary = summarise(config, results)
     lines = []
     for seq_len, kv in settings:
-        lines += [f"**seq_len {seq_len}, {kv} key-value pairs**", "",
-                  "| mixer | " + " | ".join(f"d={d}" for d in d_models) + " |",
-                  "|---|" + "---:|" * len(d_models)]
+        lines += [f"**seq_len {seq_len}, {kv} key-value pairs** (chance, one of the {kv} values "
+                  f"in context: {100 / kv:.1f}%)", "",
+                  "| mixer | " + " | ".join(f"d={d}" for d in d_models) + " | published |",
+                  "|---|" + "---:|" * len(d_models) + "---|"]
         for mixer in mixers:
-            cells = []
-            for d in d_models:
-                key = (seq_len, kv, mixer, d)
-                if key not in best:
-                    cells.append("-")
-                    continue
-                partial = f"; {tried[key]} of {num_lrs} lrs" if tried[key] < num_lrs else ""
-                cells.append(f"{100 * best[key][0]:.1f} ({best[key][1]:.1e}{partial})")
-            lines.append(f"| {mixer} | " + " | ".join(cells) + " |")
+            cells = [_cell_text(summary[key], many_lrs) if key in summary else "-"
+                     for key in ((seq_len, kv, mixer, d) for d in d_models)]
+            value = published(mixer, seq_len, kv)
+            text = f"~{value[0]:.0f} ({value[1]})" if value else "-"
+            lines.append(f"| {mixer} | " + " | ".join(cells) + f" | {text} |")
         lines.append("")
     return "\n".join(lines)
 
 
 def plot(config, results: list, path: str) -> None:
-    """Best accuracy against d_model, one line per mixer, a panel per (seq_len, kv pairs)."""
-    by_name, settings, mixers, d_models = _axes(config)
-    best = {}
-    for result in results:
-        *key, _ = by_name[result["name"]]
-        best[tuple(key)] = max(best.get(tuple(key), 0.0), 100 * result["accuracy"])
-    fig, axes = plt.subplots(1, len(settings), figsize=(4 * len(settings), 3.4), squeeze=False,
-                             sharey=True)
+    """Mean accuracy against d_model (bars: the seeds' range), one line per mixer, a panel per
+    (seq_len, kv pairs), with chance and the published values marked."""
+    _, settings, mixers, d_models = _axes(config)
+    summary = summarise(config, results)
+    fig, axes = plt.subplots(1, len(settings), figsize=(4.6 * len(settings), 3.8),
+                             squeeze=False, sharey=True)
     for ax, (seq_len, kv) in zip(axes[0], settings, strict=True):
         for mixer in mixers:
-            points = sorted((d, acc) for (s, k, m, d), acc in best.items()
-                            if (s, k, m) == (seq_len, kv, mixer))
-            if points:
-                ax.plot(*zip(*points, strict=True), marker="o", label=mixer)
+            points = [(d, summary[seq_len, kv, mixer, d]["accuracies"]) for d in d_models
+                      if (seq_len, kv, mixer, d) in summary]
+            if not points:
+                continue
+            ds = [d for d, _ in points]
+            means = np.array([np.mean(a) for _, a in points])
+            spread = np.array([[m - min(a), max(a) - m]
+                               for m, (_, a) in zip(means, points, strict=True)]).T
+            ax.errorbar(ds, means, yerr=spread, marker="o", capsize=3, label=mixer,
+                        linestyle="--" if "noconv" in mixer else "-")
+        ax.axhline(100 / kv, color="gray", linewidth=0.8, linestyle=":", label="chance (1/kv)")
+        marked = [m for m in mixers if published(m, seq_len, kv)
+                  and (seq_len, kv) in PUBLISHED_SETTINGS]
+        if marked:
+            ax.plot(d_models, [100.0] * len(d_models), linestyle="none", marker="*",
+                    markersize=10, color="black",
+                    label=f"published ~100%: {', '.join(marked)}")
         ax.set_xscale("log", base=2)
         ax.set_xlim(min(d_models) / 1.4, max(d_models) * 1.4)
         ax.set_xticks(d_models, [str(d) for d in d_models])
-        ax.set(title=f"seq_len {seq_len}, {kv} kv pairs", xlabel="d_model", ylim=(0, 101))
+        ax.set(title=f"seq_len {seq_len}, {kv} kv pairs", xlabel="d_model", ylim=(0, 103))
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("MQAR accuracy (%)")
-    handles = {line.get_label(): line for ax in axes[0] for line in ax.get_lines()}
+    handles = {line.get_label(): line for ax in axes[0] for line in ax.get_lines()
+               if not line.get_label().startswith("_")}
+    for ax in axes[0]:
+        for container in ax.containers:
+            handles[container.get_label()] = container
     if handles:  # a sweep's first report may have no finished run to draw
-        axes[0][-1].legend(handles.values(), handles.keys(), fontsize=8, loc="lower right")
+        fig.legend(handles.values(), handles.keys(), fontsize=7, loc="center left",
+                   bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -170,14 +232,20 @@ def report(config, results: list, workdir: str, png_path: str) -> tuple:
     plot(config, results, png_path)
     t, train = config.task, config.train
     steps = [r["steps"] for r in results]
-    lrs = dict.fromkeys(cell(config, run)[4] for run in study.select_runs(config))
+    cells = [cell(config, run) for run in study.select_runs(config)]
+    lrs, seeds = dict.fromkeys(c[4] for c in cells), dict.fromkeys(c[5] for c in cells)
     about = (f"Vocab {t.vocab_size}, {t.num_train_examples} training and {t.num_eval_examples} "
              f"eval sequences per setting; at most {train.num_steps} steps of batch "
-             f"{train.global_batch_size}, stopping at {100 * train.eval.early_stop_value:.0f}% "
-             f"eval accuracy (steps run: {min(steps, default=0)}-{max(steps, default=0)}); "
-             f"learning rates {', '.join(f'{lr:.2e}' for lr in lrs)}. Cells: the best accuracy "
-             "(%) over learning rates, the best learning rate in brackets.")
-    title = f"MQAR accuracy, best over learning rates ({config.preset} preset)"
+             f"{train.global_batch_size}, lr warmup {train.schedule.warmup_steps} steps then "
+             f"{train.schedule.name} decay, stopping at "
+             f"{100 * train.eval.early_stop_value:.0f}% eval accuracy (steps run: "
+             f"{min(steps, default=0)}-{max(steps, default=0)}); learning rates "
+             f"{', '.join(f'{lr:.2e}' for lr in lrs)}; seeds {', '.join(map(str, seeds))}. "
+             "Cells: the mean eval accuracy (%) over seeds, their range in brackets"
+             + (", at the learning rate with the best mean" if len(lrs) > 1 else "")
+             + ". Published: read from the papers' figures (they sweep 4 learning rates and "
+             "train ~25k steps of batch 256 on a GPU).")
+    title = f"MQAR accuracy ({config.preset} preset)"
     return title, f"{about}\n\n{markdown_table(config, results)}"
 
 

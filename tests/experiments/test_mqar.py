@@ -9,13 +9,13 @@ import sys
 import numpy as np
 import pytest
 
-from configs.mqar import PAPER_SETTINGS, get_config, sweep
+from configs.mqar import CPU_LEARNING_RATE, PAPER_SETTINGS, get_config, sweep
 from deltajax import study
 from deltajax.train import fit
 from experiments import mqar
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SMOKE_RUNS = ["deltanet-T32-kv4-d16-lr3.0e-03", "attention-T32-kv4-d16-lr3.0e-03"]
+SMOKE_RUNS = ["deltanet-T32-kv4-d16-lr3.0e-03-seed0", "attention-T32-kv4-d16-lr3.0e-03-seed0"]
 
 
 def _recurrent_smoke():
@@ -49,10 +49,12 @@ def test_study_trains_every_run_and_writes_table_plot_config_and_logs(study_dir)
         "model"]["delta_rule"] is None  # attention's run drops the delta-rule group
 
 
-def test_second_call_skips_finished_runs_and_publishes(study_dir, tmp_path):
+def test_second_call_skips_finished_runs_and_publishes(study_dir, tmp_path, capsys):
     stamps = [os.stat(study_dir / "runs" / n / "result.json").st_mtime_ns for n in SMOKE_RUNS]
     results = mqar.run_study(_recurrent_smoke(), str(study_dir), out=str(tmp_path / "published"),
                              command="python -m experiments.mqar --smoke")
+    printed = capsys.readouterr().out
+    assert all(f"{name}: reused" in printed for name in SMOKE_RUNS)
     assert [os.stat(study_dir / "runs" / n / "result.json").st_mtime_ns
             for n in SMOKE_RUNS] == stamps  # not retrained
     assert [r["name"] for r in results] == SMOKE_RUNS
@@ -80,10 +82,10 @@ def test_scripts_run_as_a_file_and_as_a_module(tmp_path):
     for launcher in (["experiments/mqar.py"], ["-m", "experiments.mqar"]):
         done = subprocess.run(
             [sys.executable, *launcher, "--config=configs/mqar.py:smoke", "--report_only",
-             f"--workdir={tmp_path}", "--config.only=attention-*"],
+             f"--workdir={tmp_path}", "--config.only=deltanet-*,attention-*"],  # README's list
             cwd=REPO, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
-        assert "0 of 1 runs finished" in (tmp_path / "results.md").read_text()
+        assert "0 of 2 runs finished" in (tmp_path / "results.md").read_text()
 
 
 @pytest.mark.parametrize("runs, match", [
@@ -108,22 +110,46 @@ def test_bad_mixer_and_preset_are_rejected():
 
 def test_table_keeps_the_best_learning_rate_per_cell_and_marks_missing_cells():
     config = get_config("smoke")
-    config.sweep = sweep(("deltanet", "attention"), (16, 32), ((32, 4),), (1e-3, 3e-3, 1e-2))
-    accuracy = {(16, "1.0e-03"): 0.5, (16, "3.0e-03"): 0.875, (16, "1.0e-02"): 0.25,
-                (32, "1.0e-03"): 0.75}
-    results = [dict(name=f"deltanet-T32-kv4-d{d}-lr{lr}", accuracy=acc)
-               for (d, lr), acc in accuracy.items()]
+    config.sweep = sweep(("deltanet", "attention"), (16, 32), ((32, 4),), (1e-3, 3e-3, 1e-2),
+                         seeds=(0, 1))
+    accuracy = {(16, "1.0e-03", 0): 0.5, (16, "3.0e-03", 0): 0.875, (16, "3.0e-03", 1): 0.625,
+                (16, "1.0e-02", 0): 0.25, (16, "1.0e-02", 1): 0.5, (32, "1.0e-03", 0): 0.75}
+    results = [dict(name=f"deltanet-T32-kv4-d{d}-lr{lr}-seed{seed}", accuracy=acc)
+               for (d, lr, seed), acc in accuracy.items()]
     table = mqar.markdown_table(config, results)
-    assert "| deltanet | 87.5 (3.0e-03) | 75.0 (1.0e-03; 1 of 3 lrs) |" in table
-    assert "| attention | - | - |" in table
+    # The best mean over seeds (75.0 at 3e-3, not the single 50.0 at 1e-3), with its range.
+    assert ("| deltanet | 75.0 (62.5-87.5) [lr 3.0e-03] | 75.0 [lr 1.0e-03; 1 of 3 lrs; "
+            "1 of 2 seeds] | ~100 (at every published setting; DeltaNet Fig. 2) |") in table
+    assert "| attention | - | - | ~100 (at every" in table
+    assert "chance, one of the 4 values in context: 25.0%" in table
 
 
-def test_presets_plan_the_published_grid():
+def test_table_gives_the_published_value_of_a_mixer_and_setting():
+    config = get_config("smoke")
+    config.sweep = sweep(("attention_conv", "linear_attention"), (16,), ((64, 4),), (1e-3,))
+    table = mqar.markdown_table(config, [])
+    assert set(mqar.PUBLISHED_SETTINGS) == set(PAPER_SETTINGS)
+    assert "| attention_conv | - | ~100 (Zoology Fig. 2, DeltaNet Fig. 2) |" in table
+    assert "| linear_attention | - | - |" in table
+    config.sweep = sweep(("attention_conv",), (16,), ((128, 32),), (1e-3,))
+    assert ("| attention_conv | - | ~100 (at every published setting; Zoology Fig. 2, DeltaNet "
+            "Fig. 2) |") in mqar.markdown_table(config, [])
+
+
+def test_presets_plan_the_published_grid_and_one_recipe_per_cpu_preset():
     paper = get_config("paper")
     cells = [mqar.cell(paper, run) for run in paper.sweep]
-    assert len(cells) == 6 * 4 * 4 * 4
+    assert len(cells) == 10 * 4 * 4 * 4 * 2  # mixers with and without conv, 2 seeds
     assert {(c[0], c[1]) for c in cells} == set(PAPER_SETTINGS)
     np.testing.assert_allclose(sorted({c[4] for c in cells}), np.logspace(-4, -2, 4))
-    assert max(mqar.cell(get_config("cpu_sweep"), r)[0]
-               for r in get_config("cpu_sweep").sweep) == 256
-    study.check_config(get_config("cpu_sweep"), "mqar")
+    for preset in ("cpu", "cpu_sweep", "cpu_hard"):
+        config = get_config(preset)
+        study.check_config(config, "mqar")
+        # One learning rate and step budget for every mixer of a CPU preset.
+        assert {mqar.cell(config, r)[4] for r in config.sweep} == {CPU_LEARNING_RATE}
+    cpu = get_config("cpu")
+    assert [mqar.cell(cpu, r)[2] for r in cpu.sweep] == ["deltanet", "linear_attention",
+                                                         "attention_conv"]
+    sweep_cells = [mqar.cell(get_config("cpu_sweep"), r) for r in get_config("cpu_sweep").sweep]
+    assert {c[5] for c in sweep_cells} == {0, 1}
+    assert {c[2] for c in sweep_cells} >= {"attention", "attention_conv", "deltanet_noconv"}

@@ -91,8 +91,10 @@ def test_sweep_skips_finished_runs_and_resumes_a_run_whose_config_changed(tmp_pa
     calls.clear()
     longer = _config(only="m-w2-lr1*")
     longer.train.num_steps = 8
-    assert study.run_sweep(longer, str(tmp_path), _fake_train(calls), log=lambda _: None)[0][
+    printed = []
+    assert study.run_sweep(longer, str(tmp_path), _fake_train(calls), log=printed.append)[0][
         "resumed_from"] == 4 and calls == ["m-w2-lr1.0e-03"]
+    assert "its config changed since it finished" in printed[0]  # said, never silent
     assert [r["name"] for r in study.finished_results(_config(), str(tmp_path))] == [
         "m-w2-lr3.0e-03", "m-w4-lr1.0e-03", "m-w4-lr3.0e-03"]  # the first now has num_steps 8
 
