@@ -134,13 +134,15 @@ def summarise(config, results: list) -> dict:
         planned_lrs[seq_len, kv, mixer, d].add(lr)
         planned_seeds[seq_len, kv, mixer, d].add(seed)
     accuracies = collections.defaultdict(lambda: collections.defaultdict(list))
+    steps = collections.defaultdict(lambda: collections.defaultdict(list))
     for result in results:
         seq_len, kv, mixer, d, lr, _ = by_name[result["name"]]
         accuracies[seq_len, kv, mixer, d][lr].append(100 * result["accuracy"])
+        steps[seq_len, kv, mixer, d][lr].append(result.get("steps"))
     summary = {}
     for key, per_lr in accuracies.items():
         lr, accs = max(per_lr.items(), key=lambda item: np.mean(item[1]))
-        summary[key] = dict(lr=lr, accuracies=accs,
+        summary[key] = dict(lr=lr, accuracies=accs, steps=steps[key][lr],
                             lrs=(len(per_lr), len(planned_lrs[key])),
                             seeds=(len(accs), len(planned_seeds[key])))
     return summary
@@ -152,6 +154,10 @@ def _cell_text(entry: dict, many_lrs: bool) -> str:
     if len(accs) > 1:
         text += f" ({min(accs):.1f}-{max(accs):.1f})"
     notes = [f"lr {entry['lr']:.1e}"] if many_lrs else []
+    run_steps = [n for n in entry["steps"] if n is not None]
+    if run_steps:  # how long each seed trained: early stop at the target, or the whole budget
+        low, high = min(run_steps), max(run_steps)
+        notes.append(f"{low} steps" if low == high else f"{low}-{high} steps")
     for what in ("lrs", "seeds"):
         done, planned = entry[what]
         if done < planned:
@@ -162,7 +168,8 @@ def _cell_text(entry: dict, many_lrs: bool) -> str:
 def markdown_table(config, results: list) -> str:
     """One table per (seq_len, kv pairs): rows mixers, columns d_model, then the published
     value. A cell: the mean accuracy in % over seeds (their range in brackets) at the learning
-    rate with the best mean, with what has not finished yet; "-" where no run has finished."""
+    rate with the best mean, the steps the seeds trained, and what has not finished yet; "-"
+    where no run has finished."""
     by_name, settings, mixers, d_models = _axes(config)
     many_lrs = len({c[4] for c in by_name.values()}) > 1
     summary = summarise(config, results)

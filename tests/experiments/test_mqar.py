@@ -114,12 +114,13 @@ def test_table_keeps_the_best_learning_rate_per_cell_and_marks_missing_cells():
                          seeds=(0, 1))
     accuracy = {(16, "1.0e-03", 0): 0.5, (16, "3.0e-03", 0): 0.875, (16, "3.0e-03", 1): 0.625,
                 (16, "1.0e-02", 0): 0.25, (16, "1.0e-02", 1): 0.5, (32, "1.0e-03", 0): 0.75}
-    results = [dict(name=f"deltanet-T32-kv4-d{d}-lr{lr}-seed{seed}", accuracy=acc)
-               for (d, lr, seed), acc in accuracy.items()]
+    results = [dict(name=f"deltanet-T32-kv4-d{d}-lr{lr}-seed{seed}", accuracy=acc,
+                    steps=100 * (seed + 1)) for (d, lr, seed), acc in accuracy.items()]
     table = mqar.markdown_table(config, results)
     # The best mean over seeds (75.0 at 3e-3, not the single 50.0 at 1e-3), with its range.
-    assert ("| deltanet | 75.0 (62.5-87.5) [lr 3.0e-03] | 75.0 [lr 1.0e-03; 1 of 3 lrs; "
-            "1 of 2 seeds] | ~100 (at every published setting; DeltaNet Fig. 2) |") in table
+    assert ("| deltanet | 75.0 (62.5-87.5) [lr 3.0e-03; 100-200 steps] | 75.0 [lr 1.0e-03; "
+            "100 steps; 1 of 3 lrs; 1 of 2 seeds] | ~100 (at every published setting; DeltaNet "
+            "Fig. 2) |") in table
     assert "| attention | - | - | ~100 (at every" in table
     assert "chance, one of the 4 values in context: 25.0%" in table
 
