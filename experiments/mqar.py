@@ -13,6 +13,7 @@ finished runs and resumes the unfinished one; --report_only writes the report of
 
 import collections
 import functools
+import os
 import time
 from typing import Optional
 
@@ -189,12 +190,12 @@ def markdown_table(config, results: list) -> str:
     return "\n".join(lines)
 
 
-def plot(config, results: list, path: str) -> None:
+def plot(config, results: list, path: str, workdir: Optional[str] = None) -> None:
     """Mean accuracy against d_model (bars: the seeds' range), one line per mixer, a panel per
     (seq_len, kv pairs), with chance and the published values marked."""
     _, settings, mixers, d_models = _axes(config)
     summary = summarise(config, results)
-    fig, axes = plt.subplots(1, len(settings), figsize=(4.6 * len(settings), 3.8),
+    fig, axes = plt.subplots(2, len(settings), figsize=(4.6 * len(settings), 7.2),
                              squeeze=False, sharey=True)
     for ax, (seq_len, kv) in zip(axes[0], settings, strict=True):
         for mixer in mixers:
@@ -221,6 +222,7 @@ def plot(config, results: list, path: str) -> None:
         ax.set(title=f"seq_len {seq_len}, {kv} kv pairs", xlabel="d_model", ylim=(0, 103))
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("MQAR accuracy (%)")
+    _plot_curves(config, results, axes[1], settings, mixers, workdir)
     handles = {line.get_label(): line for ax in axes[0] for line in ax.get_lines()
                if not line.get_label().startswith("_")}
     for ax in axes[0]:
@@ -234,9 +236,29 @@ def plot(config, results: list, path: str) -> None:
     plt.close(fig)
 
 
+def _plot_curves(config, results, axes, settings, mixers, workdir) -> None:
+    """Eval accuracy against step for every finished run (a line per seed, a colour per mixer),
+    from each run's fit_summary.json; a panel per setting."""
+    by_name = _axes(config)[0]
+    for ax, (seq_len, kv) in zip(axes, settings, strict=True):
+        for result in results:
+            s, k, mixer, *_ = by_name[result["name"]]
+            summary = study.read_json(os.path.join(workdir or "", "runs", result["name"],
+                                                   "fit_summary.json"))
+            if (s, k) != (seq_len, kv) or not summary or not workdir:
+                continue
+            history = summary.get("eval_history", [])
+            ax.plot([h["step"] for h in history], [100 * h["eval/accuracy"] for h in history],
+                    color=f"C{mixers.index(mixer)}", alpha=0.8, linewidth=1.2,
+                    linestyle="--" if "noconv" in mixer else "-")
+        ax.axhline(100 / kv, color="gray", linewidth=0.8, linestyle=":")
+        ax.set(xlabel="training step", title=f"eval accuracy during training ({seq_len}, {kv})")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("MQAR accuracy (%)")
+
+
 def report(config, results: list, workdir: str, png_path: str) -> tuple:
-    del workdir  # the results hold all the table needs
-    plot(config, results, png_path)
+    plot(config, results, png_path, workdir)
     t, train = config.task, config.train
     steps = [r["steps"] for r in results]
     cells = [cell(config, run) for run in study.select_runs(config)]
