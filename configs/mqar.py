@@ -16,11 +16,9 @@ from deltajax.study import named_run, run_id
 # A preset -> one line for --help.
 PRESETS = {
     "paper": "the published grid, every mixer with and without short conv, 4 lrs, 2 seeds; GPU/TPU",
-    "cpu_sweep": "every mixer with and without short conv at (128, 16), and the `make run` mixers "
-                 "at (128, 32), d_model 64, 2 seeds; 2 cores, about an hour",
-    "cpu_hard": "(512, 64): DeltaNet with and without conv at d_model 128 and 256; 2 cores, hours",
-    "cpu": "`make run`: DeltaNet, linear attention, attention (all with conv) at (128, 16), "
-           "d_model 64; minutes",
+    "cpu_sweep": "conv ablation at (128, 16), make-run mixers at (128, 32), d 64, 2 seeds; ~1.5 h",
+    "cpu_hard": "(512, 64): DeltaNet with and without conv, d_model 128 and 256; 2 cores, hours",
+    "cpu": "`make run`: DeltaNet, linear attention, attention+conv at (128, 16), d 64; minutes",
     "smoke": "seconds, for the tests",
 }
 # (seq_len, num_kv_pairs) of the published grid.
