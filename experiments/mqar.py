@@ -208,6 +208,7 @@ def plot(config, results: list, path: str, workdir: Optional[str] = None) -> Non
             spread = np.array([[m - min(a), max(a) - m]
                                for m, (_, a) in zip(means, points, strict=True)]).T
             ax.errorbar(ds, means, yerr=spread, marker="o", capsize=3, label=mixer,
+                        color=f"C{mixers.index(mixer)}",  # one colour per mixer in every panel
                         linestyle="--" if "noconv" in mixer else "-")
         ax.axhline(100 / kv, color="gray", linewidth=0.8, linestyle=":", label="chance (1/kv)")
         marked = [m for m in mixers if published(m, seq_len, kv)
