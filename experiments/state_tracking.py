@@ -1,4 +1,4 @@
-"""State tracking and length extrapolation: train every run of the sweep on short sequences
+r"""State tracking and length extrapolation: train every run of the sweep on short sequences
 (resuming), score it at every position of longer ones, then the tables and the plot.
 
     python -m experiments.state_tracking --config=configs/state_tracking.py:cpu \
