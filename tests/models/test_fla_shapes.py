@@ -151,6 +151,8 @@ def test_grouped_value_heads_share_query_key_heads_as_fla():
                 {"params": _grouped_to_full(params, 3, householder)}, x))
         return out
     for name, (y, y_full) in outputs(jax.random.PRNGKey(1)).items():
+        # The same f32 math in two programs (gathered vs copied heads): only XLA's fusion and
+        # summation order differ, a few ulps of values of order 1.
         np.testing.assert_allclose(y, y_full, rtol=1e-5, atol=1e-6, err_msg=name)
         # Each value head has its own state: num_v_heads states of [K, V] = [4, 6].
         make = GROUPED_LAYERS[name][0]
