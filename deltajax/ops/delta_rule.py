@@ -11,6 +11,7 @@ from deltajax.ops import checks
 from deltajax.ops.backend import Backend, Resolved, check_chunk_size, parse_backend, resolve
 from deltajax.ops.chunked import delta_rule_chunked
 from deltajax.ops.recurrent import delta_rule_recurrent
+from deltajax.ops.segments import segment_index
 
 # The values `backend` accepts, for callers that validated strings before Backend existed.
 BACKENDS = tuple(b.value for b in Backend)
@@ -26,6 +27,7 @@ def delta_rule(
     scale: Optional[float] = None,
     initial_state: Optional[jax.Array] = None,
     segment_ids: Optional[jax.Array] = None,
+    num_segments: Optional[int] = None,
     return_final_state: bool = False,
     backend: Backend | str = Backend.AUTO,
     chunk_size: int = 64,
@@ -47,9 +49,15 @@ def delta_rule(
       beta: [batch, time, heads], finite, in [0, 1] (classic) or [0, 2] (negative eigenvalues).
       gate: [batch, time, heads] finite log-decay g <= 0 (Gated DeltaNet); None means no decay.
       scale: multiplies q; default K ** -0.5.
-      initial_state: [batch, heads, K, V], the state before token 1 (of the first segment).
+      initial_state: [batch, heads, K, V], the state before token 1 (of the first segment); with
+        num_segments, [batch, num_segments, heads, K, V], one per segment.
       segment_ids: [batch, time] integers, non-decreasing. The state resets to zero where the id
         changes, so packed sequences give what each would alone.
+      num_segments: per-segment states, as FLA's `cu_seqlens` gives: segment n of a row is its
+        n-th run of equal segment_ids (n < num_segments), starts from initial_state[:, n] (zeros
+        if None) and ends in final_state[:, n] ([batch, num_segments, heads, K, V]; a segment
+        the row does not have keeps its initial state). Runs on the recurrent path (`auto` and
+        `recurrent`; other backends raise): the chunked forms carry one state per chunk.
       return_final_state: also return the float32 state after the last token.
       backend: a Backend or its value: "recurrent" (lax.scan, the specification), "chunked"
         (chunkwise WY form), "scan_chunked_vjp" (the scan's forward, the chunked VJP),
@@ -65,15 +73,21 @@ def delta_rule(
       decreasing segment_ids) raise a ValueError naming the argument when the arrays are concrete;
       under a transformation (jit, grad, vmap) they make o, final_state and every gradient NaN.
     """
-    B, T, H, K, V = _check_shapes(q, k, v, beta, gate, initial_state, segment_ids)
+    num_segments = _check_num_segments(num_segments, segment_ids)
+    B, T, H, K, V = _check_shapes(q, k, v, beta, gate, initial_state, segment_ids, num_segments)
     _check_dtypes(q, k, v, beta, gate, initial_state, segment_ids)
     chunk_size = check_chunk_size(chunk_size)
     backend = parse_backend(backend)
+    if num_segments is not None:
+        if backend not in (Backend.AUTO, Backend.RECURRENT):
+            raise ValueError(f"num_segments (per-segment states) runs on the recurrent path: "
+                             f"backend must be 'auto' or 'recurrent', got {backend.value!r}")
+        backend = Backend.RECURRENT
     if scale is None:
         scale = K ** -0.5
     elif not isinstance(scale, (int, float, np.number)):
         raise ValueError(f"scale must be a Python number or None, got {type(scale).__name__}")
-    invalid = _check_values(beta, gate, segment_ids)
+    invalid = _check_values(beta, gate, segment_ids, num_segments)
 
     request = dict(seq_len=T, head_dim=K, chunk_size=chunk_size, platform=jax.default_backend(),
                    min_chunk=None if block_sizes is None else block_sizes.min_chunk)
@@ -85,7 +99,7 @@ def delta_rule(
 
     arrays = dict(q_BTHK=q, k_BTHK=k, v_BTHV=v, beta_BTH=beta, gate_BTH=gate,
                   initial_state_BHKV=initial_state, segment_ids_BT=segment_ids)
-    static = (float(scale), block_sizes)
+    static = (float(scale), block_sizes, num_segments)
     if evaluated == differentiated:
         o, final_state = _run(evaluated, static, arrays)
     else:
@@ -98,10 +112,10 @@ def delta_rule(
 
 def _run(path: Resolved, static, arrays):
     """Returns (o_BTHV, final state_BHKV) of one resolved path."""
-    scale, block_sizes = static
+    scale, block_sizes, num_segments = static
     match path.path:
         case Backend.RECURRENT:
-            return delta_rule_recurrent(**arrays, scale=scale)
+            return delta_rule_recurrent(**arrays, scale=scale, num_segments=num_segments)
         case Backend.CHUNKED:
             return delta_rule_chunked(**arrays, scale=scale, chunk_size=path.chunk_size)
         case Backend.PALLAS:
@@ -148,7 +162,18 @@ def _shape_error(name, expected, x):
     return ValueError(f"{name} must have shape {expected}, got {tuple(x.shape)} {LAYOUT_HINT}")
 
 
-def _check_shapes(q, k, v, beta, gate, initial_state, segment_ids):
+def _check_num_segments(num_segments, segment_ids) -> Optional[int]:
+    if num_segments is None:
+        return None
+    if (isinstance(num_segments, bool) or not isinstance(num_segments, (int, np.integer))
+            or num_segments < 1):
+        raise ValueError(f"num_segments must be a positive integer or None, got {num_segments!r}")
+    if segment_ids is None:
+        raise ValueError("num_segments needs segment_ids: the segments are its runs of equal ids")
+    return int(num_segments)
+
+
+def _check_shapes(q, k, v, beta, gate, initial_state, segment_ids, num_segments):
     for name, x in (("q", q), ("k", k), ("v", v)):
         if jnp.ndim(x) != 4:
             raise _shape_error(name, "[batch, time, heads, head_dim] (rank 4)", jnp.asarray(x))
@@ -164,8 +189,13 @@ def _check_shapes(q, k, v, beta, gate, initial_state, segment_ids):
     for name, x in (("beta", beta), ("gate", gate)):
         if x is not None and tuple(jnp.shape(x)) != (B, T, H):
             raise _shape_error(name, f"[batch, time, heads] = {(B, T, H)}", jnp.asarray(x))
-    if initial_state is not None and tuple(initial_state.shape) != (B, H, K, V):
-        raise _shape_error("initial_state", f"[batch, heads, K, V] = {(B, H, K, V)}", initial_state)
+    if initial_state is not None:
+        if num_segments is None and tuple(initial_state.shape) != (B, H, K, V):
+            raise _shape_error("initial_state", f"[batch, heads, K, V] = {(B, H, K, V)}",
+                               initial_state)
+        if num_segments is not None and tuple(initial_state.shape) != (B, num_segments, H, K, V):
+            raise _shape_error("initial_state", f"[batch, num_segments, heads, K, V] = "
+                               f"{(B, num_segments, H, K, V)}", initial_state)
     if segment_ids is not None and tuple(jnp.shape(segment_ids)) != (B, T):
         raise _shape_error("segment_ids", f"[batch, time] = {(B, T)}", jnp.asarray(segment_ids))
     return B, T, H, K, V
@@ -182,7 +212,7 @@ def _check_dtypes(q, k, v, beta, gate, initial_state, segment_ids):
         raise ValueError(f"segment_ids must have an integer dtype, got {segment_ids.dtype}")
 
 
-def _check_values(beta, gate, segment_ids) -> Optional[jax.Array]:
+def _check_values(beta, gate, segment_ids, num_segments) -> Optional[jax.Array]:
     """Raises on out-of-domain concrete values; returns a traced 'invalid' flag otherwise."""
     # Written as "not (in the domain)" so NaN, which fails every comparison, is invalid too.
     in_domain = dict(beta=lambda x: (x >= 0) & (x <= 2),
@@ -205,4 +235,12 @@ def _check_values(beta, gate, segment_ids) -> Optional[jax.Array]:
             flags.append(jnp.any(segment_ids[:, 1:] < segment_ids[:, :-1]))
         elif np.any(np.diff(values, axis=1) < 0):
             raise ValueError("segment_ids must be non-decreasing along time")
+        if num_segments is not None:
+            # Segments past num_segments would have no state slot.
+            if values is None:
+                flags.append(jnp.any(segment_index(segment_ids)[:, -1] >= num_segments))
+            elif (count := int(np.max(np.sum(np.diff(values, axis=1) != 0, axis=1)) + 1)
+                  ) > num_segments:
+                raise ValueError(f"segment_ids has a row of {count} segments, more than "
+                                 f"num_segments={num_segments}")
     return checks.any_invalid(flags)
