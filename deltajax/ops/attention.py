@@ -6,6 +6,7 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from deltajax.ops import checks
 from deltajax.ops.backend import check_chunk_size, clamp_chunk
@@ -110,6 +111,7 @@ def linear_attention(
     *,
     scale: Optional[float] = None,
     initial_state: Optional[jax.Array] = None,
+    segment_ids: Optional[jax.Array] = None,
     return_final_state: bool = False,
     chunk_size: int = 64,
 ) -> tuple[jax.Array, Optional[jax.Array]]:
@@ -117,7 +119,9 @@ def linear_attention(
 
     No normalising denominator (layers normalise the output). State and accumulation are float32;
     o comes back in the dtype of v. chunk_size: a power of two, clamped to the sequence as
-    delta_rule's is (deltajax.ops.backend.clamp_chunk).
+    delta_rule's is (deltajax.ops.backend.clamp_chunk). segment_ids: [batch, time] integers,
+    non-decreasing, as delta_rule's: the state resets to zero where the id changes
+    (initial_state belongs to the first segment).
     """
     B, T, H, K = q_BTHK.shape
     V = v_BTHV.shape[-1]
@@ -125,25 +129,59 @@ def linear_attention(
     # A public op like delta_rule: the same check and the same clamp rule.
     C = clamp_chunk(check_chunk_size(chunk_size), T)
     N = -(-T // C)
+    invalid = None
+    if segment_ids is not None:
+        if tuple(jnp.shape(segment_ids)) != (B, T):
+            raise ValueError(f"segment_ids must have shape [batch, time] = {(B, T)}, got "
+                             f"{tuple(jnp.shape(segment_ids))}")
+        invalid = _check_non_decreasing(segment_ids)
 
     def to_chunks(x_BTH_):
         x = jnp.pad(x_BTH_.astype(jnp.float32), [(0, 0), (0, N * C - T), (0, 0), (0, 0)])
         return jnp.moveaxis(x.reshape(B, N, C, H, x.shape[-1]), (1, 3), (0, 2))  # [N,B,H,C,.]
 
-    causal_11CC = jnp.tril(jnp.ones((1, 1, C, C), jnp.float32))
+    # Padded tokens join the last segment; their k = v = 0 write nothing.
+    ids_BT = jnp.zeros((B, T), jnp.int32) if segment_ids is None else segment_ids
+    seg_NBC = jnp.moveaxis(jnp.pad(ids_BT, [(0, 0), (0, N * C - T)], mode="edge"
+                                   ).reshape(B, N, C), 1, 0)
+    # The segment of the state entering each chunk: that of the token before it.
+    seg_prev_NB = jnp.concatenate([seg_NBC[:1, :, 0], seg_NBC[:-1, :, -1]], axis=0)
+    causal_1CC = jnp.tril(jnp.ones((1, C, C), bool))
 
     def step(S_BHKV, chunk):
-        q_BHCK, k_BHCK, v_BHCV = chunk
+        q_BHCK, k_BHCK, v_BHCV, seg_BC, seg_prev_B = chunk
+        visible_B1CC = (causal_1CC & (seg_BC[:, :, None] == seg_BC[:, None, :]))[:, None]
+        reads_state_B1C1 = (seg_BC == seg_prev_B[:, None])[:, None, :, None]
+        writes_next_B1C1 = (seg_BC == seg_BC[:, -1:])[:, None, :, None]
         scores_BHCC = jnp.einsum("bhik,bhjk->bhij", q_BHCK, k_BHCK, precision=_PRECISION)
-        o_BHCV = (jnp.einsum("bhck,bhkv->bhcv", q_BHCK, S_BHKV, precision=_PRECISION)
-                  + jnp.einsum("bhij,bhjv->bhiv", scores_BHCC * causal_11CC, v_BHCV,
+        o_BHCV = (reads_state_B1C1 * jnp.einsum("bhck,bhkv->bhcv", q_BHCK, S_BHKV,
+                                                precision=_PRECISION)
+                  + jnp.einsum("bhij,bhjv->bhiv", jnp.where(visible_B1CC, scores_BHCC, 0.0),
+                               v_BHCV, precision=_PRECISION))
+        keeps_state_B111 = reads_state_B1C1[:, :, -1:]
+        S_next = (keeps_state_B111 * S_BHKV
+                  + jnp.einsum("bhck,bhcv->bhkv", writes_next_B1C1 * k_BHCK, v_BHCV,
                                precision=_PRECISION))
-        S_next = S_BHKV + jnp.einsum("bhck,bhcv->bhkv", k_BHCK, v_BHCV, precision=_PRECISION)
         return S_next, o_BHCV
 
     S0 = (jnp.zeros((B, H, K, V), jnp.float32) if initial_state is None
           else initial_state.astype(jnp.float32))
     final_state, o_NBHCV = jax.lax.scan(
-        step, S0, (to_chunks(q_BTHK) * scale, to_chunks(k_BTHK), to_chunks(v_BTHV)))
+        step, S0, (to_chunks(q_BTHK) * scale, to_chunks(k_BTHK), to_chunks(v_BTHV), seg_NBC,
+                   seg_prev_NB))
     o_BTHV = jnp.moveaxis(o_NBHCV, (0, 2), (1, 3)).reshape(B, N * C, H, V)[:, :T]
-    return o_BTHV.astype(v_BTHV.dtype), (final_state if return_final_state else None)
+    return checks.poison(invalid, (o_BTHV.astype(v_BTHV.dtype),
+                                   final_state if return_final_state else None))
+
+
+def _check_non_decreasing(segment_ids) -> Optional[jax.Array]:
+    """delta_rule's rule for segment_ids: raises when concrete, else the traced flag."""
+    if not jnp.issubdtype(jnp.result_type(segment_ids), jnp.integer):
+        raise ValueError(f"segment_ids must have an integer dtype, got "
+                         f"{jnp.result_type(segment_ids)}")
+    values = checks.concrete(segment_ids)
+    if values is None:
+        return jnp.any(segment_ids[:, 1:] < segment_ids[:, :-1])
+    if np.any(np.diff(values, axis=1) < 0):
+        raise ValueError("segment_ids must be non-decreasing along time")
+    return None

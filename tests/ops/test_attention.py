@@ -19,20 +19,30 @@ def random_qkv(seed=0):
             rng.normal(size=(B, H, K, V)))
 
 
+# Row 0 is packed: segments start at 5, 16 (a chunk boundary of chunk_size 8) and 17; row 1 is
+# one sequence.
+SEGMENT_IDS = np.stack([np.cumsum(np.isin(np.arange(T), (5, 16, 17))), np.zeros(T, int)])
+
+
 def linear_attention_quadratic(q, k, v, S0, xp):
-    """o = tril(Q K^T) V + Q S0 and S_T = S0 + K^T V, all at once (no recurrence, no chunks)."""
+    """o = (tril * same segment)(Q K^T) V + Q S0 on the first segment, and S_T = S0 (if one
+    segment) + K^T V over the last segment, all at once (no recurrence, no chunks)."""
     q = q * K ** -0.5
-    causal = xp.tril(xp.ones((T, T)))[None, None]
-    scores = xp.einsum("bihk,bjhk->bhij", q, k) * causal
-    o = xp.einsum("bhij,bjhv->bihv", scores, v) + xp.einsum("bthk,bhkv->bthv", q, S0)
-    return o, S0 + xp.einsum("bthk,bthv->bhkv", k, v)
+    same = SEGMENT_IDS[:, :, None] == SEGMENT_IDS[:, None, :]
+    visible = (np.tril(np.ones((T, T))) * same)[:, None]
+    first, last = SEGMENT_IDS == 0, SEGMENT_IDS == SEGMENT_IDS[:, -1:]
+    scores = xp.einsum("bihk,bjhk->bhij", q, k) * visible
+    o = (xp.einsum("bhij,bjhv->bihv", scores, v)
+         + xp.einsum("bthk,bhkv->bthv", q * first[:, :, None, None], S0))
+    return o, (S0 * last[:, 0, None, None, None]
+               + xp.einsum("bthk,bthv->bhkv", k * last[:, :, None, None], v))
 
 
-def test_linear_attention_matches_quadratic_form_values_and_gradients():
+def test_linear_attention_matches_quadratic_form_values_and_gradients_packed_or_not():
     q, k, v, S0 = random_qkv()
     f32 = lambda x: jnp.asarray(x, jnp.float32)
     op = lambda q, k, v, S0: linear_attention(q, k, v, initial_state=S0, return_final_state=True,
-                                              chunk_size=8)
+                                              segment_ids=jnp.asarray(SEGMENT_IDS), chunk_size=8)
     (o, S), vjp = jax.vjp(jax.jit(op), f32(q), f32(k), f32(v), f32(S0))
     o_ref, S_ref = linear_attention_quadratic(q, k, v, S0, np)
     assert relative_error(o, o_ref) < 1e-5 and relative_error(S, S_ref) < 1e-5
@@ -52,6 +62,14 @@ def test_linear_attention_checks_chunk_size_like_delta_rule(chunk_size):
     q, k, v, _ = (jnp.asarray(x, jnp.float32) for x in random_qkv())
     with pytest.raises(ValueError, match="chunk_size must be a positive power of two"):
         linear_attention(q, k, v, chunk_size=chunk_size)
+
+
+def test_linear_attention_checks_segment_ids_like_delta_rule():
+    q, k, v, _ = (jnp.asarray(x, jnp.float32) for x in random_qkv())
+    with pytest.raises(ValueError, match="segment_ids must be non-decreasing"):
+        linear_attention(q, k, v, segment_ids=jnp.asarray(SEGMENT_IDS[:, ::-1]))
+    with pytest.raises(ValueError, match=r"segment_ids must have shape \[batch, time\]"):
+        linear_attention(q, k, v, segment_ids=jnp.asarray(SEGMENT_IDS[:, :-1]))
 
 
 def test_rope_scores_depend_only_on_relative_position():
