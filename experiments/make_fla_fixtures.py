@@ -10,9 +10,13 @@ Run once, in a venv of its own outside the repository (torch's CPU wheel, FLA 0.
     /work/flavenv/bin/pip install einops transformers safetensors numpy triton
     /work/flavenv/bin/python experiments/make_fla_fixtures.py
 
-(triton is only imported by FLA; nothing here runs a Triton kernel.) FLA's layers call Triton
-kernels, which do not run on a CPU, so main() swaps each of them, where the layers look them up,
-for FLA's own plain-torch reference or the few lines of torch that the kernel computes:
+(That gave torch 2.13.0+cpu, flash-linear-attention and fla-core 0.6.0, transformers 5.23.0,
+einops 0.8.2, safetensors 0.8.0, numpy 2.4.6, triton 3.9.0 on Python 3.11; triton is only
+imported by FLA, nothing here runs a Triton kernel.) The output is the same bytes on every run.
+
+FLA's layers call Triton kernels, which do not run on a CPU, so main() swaps each of them, where
+the layers look them up, for FLA's own plain-torch reference or the few lines of torch that the
+kernel computes:
 - the delta rules: fla/ops/delta_rule/naive.py delta_rule_recurrence (DeltaNet),
   fla/ops/gated_delta_rule/naive.py naive_recurrent_gated_delta_rule with gate.py's
   naive_gdn_gate (Gated DeltaNet), fla/ops/gated_delta_product/naive.py
@@ -22,7 +26,7 @@ for FLA's own plain-torch reference or the few lines of torch that the kernel co
   nn.Conv1d) with its activation;
 - RMSNorm's rms_norm: fla/modules/norm/layernorm.py rms_norm_ref (upcast to float32), and the
   gated output norm: rms_norm_ref times the gate's activation, as its Triton kernel computes;
-- the MLP's swiglu: silu(gate) * up (fuse_swiglu=False, FLA's own unfused path, in the configs).
+- the MLP's swiglu: silu(gate) * up (the configs set fuse_swiglu=False: swiglu, then down_proj).
 Weights are redrawn at O(1) scale (FLA's N(0, 0.02) would make every logit nearly 0), norms
 and A_log / dt_bias too, so that a transposed or misplaced tensor changes the logits.
 """

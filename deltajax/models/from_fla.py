@@ -28,8 +28,9 @@ _DEFAULTS = {
     "common": dict(conv_size=4, use_short_conv=True, allow_neg_eigval=False, hidden_ratio=4,
                    intermediate_size=None, hidden_act="swish", norm_eps=1e-6,
                    tie_word_embeddings=False, attn=None, attnres_block_size=None),
+    # use_output_norm is not listed: FLA's DeltaNet layer ignores it (o_norm is always there).
     "delta_net": dict(expand_k=1.0, expand_v=1.0, use_gate=False, use_beta=True,
-                      use_output_norm=True, qk_norm="l2", qk_activation="silu"),
+                      qk_norm="l2", qk_activation="silu"),
     "gated_deltanet": dict(head_dim=256, expand_v=2.0, num_v_heads=None, use_gate=True,
                            output_gate_activation="swish"),
     "gated_deltaproduct": dict(head_dim=256, expand_v=2.0, use_output_gate=True,
@@ -42,7 +43,6 @@ _REQUIRED = {
     "attnres_block_size": (None, "attention residuals are not implemented"),
     "hidden_act": ("swish", "the MLP is SwiGLU (silu)"),
     "use_beta": (True, "beta is always sigmoid(b_proj(x))"),
-    "use_output_norm": (True, "the per-head output RMSNorm is always applied"),
     "qk_norm": ("l2", "q and k are L2-normalised"),
     "qk_activation": ("silu", "q and k pass through SiLU"),
 }

@@ -87,8 +87,13 @@ def test_mapping_and_torch_like_tensors_give_the_directorys_params():
 
     config, params = from_fla(_dir("gated_deltanet"))
     tensors = _tensors("gated_deltanet")
-    for checkpoint in (tensors, {k: TorchLike(v) for k, v in tensors.items()}):
-        mapped_config, mapped = from_fla(checkpoint, _config("gated_deltanet"))
+    class ConfigLike:  # a transformers PretrainedConfig (or a ConfigDict): to_dict()
+        def to_dict(self):
+            return _config("gated_deltanet")
+
+    for checkpoint, fla_config in ((tensors, _config("gated_deltanet")),
+                                   ({k: TorchLike(v) for k, v in tensors.items()}, ConfigLike())):
+        mapped_config, mapped = from_fla(checkpoint, fla_config)
         assert mapped_config == config
         _assert_same_params(mapped, params)
 
