@@ -71,11 +71,12 @@ def fla_model_config(config: Mapping) -> ModelConfig:
     for name in _SIZES:
         if config.get(name) is None:
             raise ValueError(f"config[{name!r}] is missing ({model_type} needs it)")
-    c = {**_DEFAULTS["common"], **_DEFAULTS[model_type], **config}
+    defaults = {**_DEFAULTS["common"], **_DEFAULTS[model_type]}
+    c = {**defaults, **config}
     for name, (value, why) in _REQUIRED.items():
-        if name in c and c[name] != value:
+        if name in defaults and c[name] != value:  # other model types' fields: FLA ignores them
             raise ValueError(f"config[{name!r}]={c[name]!r} is not supported: {why} "
-                             f"(FLA's {value!r})")
+                             f"(only {value!r} is)")
     hidden, heads = c["hidden_size"], c["num_heads"]
     if model_type == "delta_net":
         key_dim = _whole(hidden * c["expand_k"], "config['expand_k'] * config['hidden_size']")
@@ -88,7 +89,6 @@ def fla_model_config(config: Mapping) -> ModelConfig:
     else:
         head_dim = c["head_dim"]
         head_v_dim = _whole(head_dim * c["expand_v"], "config['expand_v'] * config['head_dim']")
-        gates = {}
         if model_type == "gated_deltanet":
             if c["output_gate_activation"] not in ("swish", "silu"):
                 raise ValueError(f"config['output_gate_activation']="

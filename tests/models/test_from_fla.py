@@ -168,6 +168,16 @@ def test_fla_options_deltajax_cannot_express_are_named(name, field, value, match
         from_fla(_dir(name), dict(_config(name), **{field: value}))
 
 
+def test_fields_fla_does_not_read_or_that_keep_its_math_are_accepted():
+    # FLA's DeltaNet layer ignores use_output_norm; other model types' fields and the fused
+    # kernels' switches do not change what FLA computes.
+    for name, extra in (("delta_net", dict(use_output_norm=False, fuse_norm=False)),
+                        ("gated_deltanet", dict(qk_norm="sum", fuse_swiglu=True,
+                                                attn_mode="fused_recurrent"))):
+        config, _ = from_fla(_tensors(name), dict(_config(name), **extra))
+        assert config == from_fla(_dir(name))[0]
+
+
 def test_bad_checkpoint_arguments_are_named(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="config is None and checkpoint is not a directory"):
         from_fla(_tensors("delta_net"))
