@@ -12,6 +12,7 @@ from deltajax.layers.conv import ShortConvolution, conv_qkv, conv_qkv_cache
 from deltajax.layers.mixer import head_dims
 from deltajax.ops import cached_attention, causal_attention, rope
 from deltajax.ops.attention import check_cache_positions, ring_attention, ring_write
+from deltajax.ops.segments import segment_positions
 
 
 class Attention(nn.Module):
@@ -42,20 +43,25 @@ class Attention(nn.Module):
             conv = lambda: ShortConvolution(self.conv_size, dtype=self.dtype)
             self.q_conv, self.k_conv, self.v_conv = conv(), conv(), conv()
 
-    def _project(self, x_BTD, positions_T, cache=None):
-        """(q, k, v) [B, T, H, D] and the convolutions' new tails (none without them)."""
+    def _project(self, x_BTD, positions, cache=None, segment_ids_BT=None):
+        """(q, k, v) [B, T, H, D] and the convolutions' new tails (none without them).
+        positions: [T] or [B, T], as rope takes them."""
         B, T, _ = x_BTD.shape
         qkv, tails = (self.q_proj(x_BTD), self.k_proj(x_BTD), self.v_proj(x_BTD)), {}
         if self.conv_size is not None:
-            qkv, tails = conv_qkv((self.q_conv, self.k_conv, self.v_conv), qkv, cache)
+            qkv, tails = conv_qkv((self.q_conv, self.k_conv, self.v_conv), qkv, cache,
+                                  segment_ids_BT)
         q, k, v = (y.reshape(B, T, self.num_heads, self.key_dim) for y in qkv)
-        return rope(q, positions_T, self.rope_theta), rope(k, positions_T, self.rope_theta), v, \
-            tails
+        return rope(q, positions, self.rope_theta), rope(k, positions, self.rope_theta), v, tails
 
-    def __call__(self, x_BTD: jax.Array) -> jax.Array:
+    def __call__(self, x_BTD: jax.Array, segment_ids_BT: Optional[jax.Array] = None
+                 ) -> jax.Array:
+        """segment_ids_BT: packed sequences; each token attends within its segment, at RoPE
+        positions counted from the segment's start."""
         B, T, _ = x_BTD.shape
-        q, k, v, _ = self._project(x_BTD, jnp.arange(T))
-        o_BTHD = causal_attention(q, k, v, window=self.window_size)
+        positions = jnp.arange(T) if segment_ids_BT is None else segment_positions(segment_ids_BT)
+        q, k, v, _ = self._project(x_BTD, positions, segment_ids_BT=segment_ids_BT)
+        o_BTHD = causal_attention(q, k, v, window=self.window_size, segment_ids=segment_ids_BT)
         return self.o_proj(o_BTHD.reshape(B, T, -1))
 
     def _ring(self, cache: dict) -> bool:

@@ -16,8 +16,12 @@ class ShortConvolution(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x_BTD: jax.Array, tail_BKD: Optional[jax.Array] = None):
-        """Returns (y_BTD, the last kernel_size - 1 inputs, the tail the next call continues)."""
+    def __call__(self, x_BTD: jax.Array, tail_BKD: Optional[jax.Array] = None,
+                 segment_ids_BT: Optional[jax.Array] = None):
+        """Returns (y_BTD, the last kernel_size - 1 inputs, the tail the next call continues).
+
+        segment_ids_BT (packed sequences): a tap reads only inputs of the token's own segment.
+        """
         B, T, D = x_BTD.shape
         K = self.kernel_size
         # fan_in = K, as a depthwise torch Conv1d initialises it.
@@ -26,23 +30,31 @@ class ShortConvolution(nn.Module):
         if tail_BKD is None:
             tail_BKD = jnp.zeros((B, K - 1, D), x_BTD.dtype)
         padded_BSD = jnp.concatenate([tail_BKD.astype(x_BTD.dtype), x_BTD], axis=1)
-        y_BTD = sum(padded_BSD[:, i:i + T] * kernel_KD[i][None, None] for i in range(K))
-        return jax.nn.silu(y_BTD), padded_BSD[:, T:]
+        taps = [padded_BSD[:, i:i + T] * kernel_KD[i][None, None] for i in range(K)]
+        if segment_ids_BT is not None:
+            # The tail continues the first token's segment.
+            ids_BS = jnp.concatenate([jnp.repeat(segment_ids_BT[:, :1], K - 1, axis=1),
+                                      segment_ids_BT], axis=1)
+            taps = [tap * (ids_BS[:, i:i + T] == segment_ids_BT)[..., None].astype(tap.dtype)
+                    for i, tap in enumerate(taps)]
+        return jax.nn.silu(sum(taps)), padded_BSD[:, T:]
 
 
 _QKV_TAILS = ("conv_q", "conv_k", "conv_v")
 
 
 def conv_qkv(convs: Optional[Sequence[ShortConvolution]], qkv: Sequence[jax.Array],
-             cache: Optional[dict]) -> tuple[tuple[jax.Array, ...], dict]:
+             cache: Optional[dict], segment_ids_BT: Optional[jax.Array] = None
+             ) -> tuple[tuple[jax.Array, ...], dict]:
     """q, k, v [B, T, width] through their short convolutions, or SiLU alone when convs is None
     (FLA's layers without convolutions). With a cache the convolutions continue from its tails;
-    returns the activations and the new tails (conv_q, conv_k, conv_v; none without convs)."""
+    returns the activations and the new tails (conv_q, conv_k, conv_v; none without convs).
+    segment_ids_BT: packed sequences, whose taps stay within their segment."""
     if convs is None:
         return tuple(jax.nn.silu(x) for x in qkv), {}
     outputs, tails = [], {}
     for name, conv, x_BTD in zip(_QKV_TAILS, convs, qkv, strict=True):
-        y_BTD, tails[name] = conv(x_BTD, None if cache is None else cache[name])
+        y_BTD, tails[name] = conv(x_BTD, None if cache is None else cache[name], segment_ids_BT)
         outputs.append(y_BTD)
     return tuple(outputs), tails
 

@@ -80,8 +80,10 @@ class DeltaRuleMixer(nn.Module):
         self.o_norm = nn.RMSNorm(epsilon=self.norm_eps, dtype=self.dtype)
         self.o_proj = dense(self.d_model)
 
-    def __call__(self, x_BTD: jax.Array) -> jax.Array:
-        return self._mix(x_BTD, cache=None)[0]
+    def __call__(self, x_BTD: jax.Array, segment_ids_BT: Optional[jax.Array] = None
+                 ) -> jax.Array:
+        """segment_ids_BT: packed sequences; the state and the convolutions reset per segment."""
+        return self._mix(x_BTD, cache=None, segment_ids_BT=segment_ids_BT)[0]
 
     def extend(self, x_BTD: jax.Array, cache: dict) -> tuple[jax.Array, dict]:
         """Continues the sequence held in `cache` by x's tokens (T = 1 is a decode step)."""
@@ -96,13 +98,14 @@ class DeltaRuleMixer(nn.Module):
         return {"state": jnp.zeros((batch, HV, K, V), jnp.float32),
                 **conv_qkv_cache(batch, conv_size, (H * K, n * H * K, n * HV * V), self.dtype)}
 
-    def _mix(self, x_BTD, cache):
+    def _mix(self, x_BTD, cache, segment_ids_BT=None):
         B, T, _ = x_BTD.shape
         (K, V), H, HV = self.key_value_dims, self.num_heads, self.value_heads
         n = self.num_householder
         convs = (self.q_conv, self.k_conv, self.v_conv) if self.use_short_conv else None
         (q, k, v), new_cache = conv_qkv(
-            convs, (self.q_proj(x_BTD), self.k_proj(x_BTD), self.v_proj(x_BTD)), cache)
+            convs, (self.q_proj(x_BTD), self.k_proj(x_BTD), self.v_proj(x_BTD)), cache,
+            segment_ids_BT)
         # Query/key head h serves value heads h * G .. h * G + G - 1 (FLA's grouping), G = HV / H;
         # from here on every head axis has HV entries (the N in the names).
         q_BTNK = jnp.repeat(l2_normalize(q.reshape(B, T, H, K)), HV // H, axis=2)
@@ -110,7 +113,7 @@ class DeltaRuleMixer(nn.Module):
         v_BTnNV = v.reshape(B, T, n, HV, V)
         initial_state = None if cache is None else cache["state"]
         o_BTNV, new_cache["state"] = self._recurrence(x_BTD, q_BTNK, k_BTnNK, v_BTnNV,
-                                                      initial_state)
+                                                      initial_state, segment_ids_BT)
 
         o_BTNV = self.o_norm(o_BTNV)
         if self.use_output_gate:
@@ -118,7 +121,7 @@ class DeltaRuleMixer(nn.Module):
         y_BTD = self.o_proj(o_BTNV.reshape(B, T, HV * V))
         return y_BTD, (None if cache is None else new_cache)
 
-    def _recurrence(self, x_BTD, q_BTHK, k_BTnHK, v_BTnHV, initial_state):
+    def _recurrence(self, x_BTD, q_BTHK, k_BTnHK, v_BTnHV, initial_state, segment_ids_BT):
         B, T, n, H, K = k_BTnHK.shape
         beta_BTnH = jax.nn.sigmoid(self.b_proj(x_BTD).astype(jnp.float32)).reshape(B, T, n, H)
         if self.allow_neg_eigval:
@@ -136,8 +139,11 @@ class DeltaRuleMixer(nn.Module):
             gate_BTH = jnp.zeros((B, T, n, H), jnp.float32).at[:, :, 0].set(gate_BTH)
             gate_BTH = gate_BTH.reshape(B, T * n, H)
         merge = lambda x: x.reshape(B, T * n, *x.shape[3:])
+        if segment_ids_BT is not None:
+            segment_ids_BT = jnp.repeat(segment_ids_BT, n, axis=1)
         o, final_state = delta_rule(
             merge(q_BTnHK), merge(k_BTnHK), merge(v_BTnHV), merge(beta_BTnH), gate=gate_BTH,
-            initial_state=initial_state, return_final_state=initial_state is not None,
+            initial_state=initial_state, segment_ids=segment_ids_BT,
+            return_final_state=initial_state is not None,
             backend=self.backend, chunk_size=self.chunk_size)
         return o.reshape(B, T, n, H, -1)[:, :, -1], final_state

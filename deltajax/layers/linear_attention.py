@@ -48,8 +48,10 @@ class LinearAttention(nn.Module):
         self.o_norm = nn.RMSNorm(epsilon=self.norm_eps, dtype=self.dtype)
         self.o_proj = dense(self.d_model)
 
-    def __call__(self, x_BTD: jax.Array) -> jax.Array:
-        return self._mix(x_BTD, cache=None)[0]
+    def __call__(self, x_BTD: jax.Array, segment_ids_BT: Optional[jax.Array] = None
+                 ) -> jax.Array:
+        """segment_ids_BT: packed sequences; the state and the convolutions reset per segment."""
+        return self._mix(x_BTD, cache=None, segment_ids_BT=segment_ids_BT)[0]
 
     def extend(self, x_BTD: jax.Array, cache: dict) -> tuple[jax.Array, dict]:
         """Continues the sequence held in `cache` by x's tokens (T = 1 is a decode step)."""
@@ -63,16 +65,17 @@ class LinearAttention(nn.Module):
         return {"state": jnp.zeros((batch, HV, K, V), jnp.float32),
                 **conv_qkv_cache(batch, conv_size, (H * K, H * K, HV * V), self.dtype)}
 
-    def _mix(self, x_BTD, cache):
+    def _mix(self, x_BTD, cache, segment_ids_BT=None):
         B, T, _ = x_BTD.shape
         (K, V), H, HV = self.key_value_dims, self.num_heads, self.value_heads
         convs = (self.q_conv, self.k_conv, self.v_conv) if self.use_short_conv else None
         (q, k, v), new_cache = conv_qkv(
-            convs, (self.q_proj(x_BTD), self.k_proj(x_BTD), self.v_proj(x_BTD)), cache)
+            convs, (self.q_proj(x_BTD), self.k_proj(x_BTD), self.v_proj(x_BTD)), cache,
+            segment_ids_BT)
         heads = lambda x: jnp.repeat(l2_normalize(x.reshape(B, T, H, K)), HV // H, axis=2)
         o_BTNV, new_cache["state"] = linear_attention(
             heads(q), heads(k), v.reshape(B, T, HV, V),
-            initial_state=None if cache is None else cache["state"],
+            initial_state=None if cache is None else cache["state"], segment_ids=segment_ids_BT,
             return_final_state=True, chunk_size=self.chunk_size)
         y_BTD = self.o_proj(self.o_norm(o_BTNV).reshape(B, T, HV * V))
         return y_BTD, (None if cache is None else new_cache)

@@ -1,6 +1,6 @@
 """The Mixer protocol: what LanguageModel asks of a token mixer."""
 
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Optional, Protocol, runtime_checkable
 
 import jax
 
@@ -13,9 +13,12 @@ class Mixer(Protocol):
     gives at those positions; T = 1 is a decode step. init_cache(batch, max_len) is the cache of
     an empty sequence and needs no parameters (it is called on an unbound module). A cache is a
     pytree of arrays whose shapes do not change with the tokens appended.
+    __call__(x, segment_ids_BT) with packed sequences ([B, T] non-decreasing ids) gives what each
+    segment gives alone: no state, convolution tap or attention crosses a segment start.
     """
 
-    def __call__(self, x_BTD: jax.Array) -> jax.Array: ...
+    def __call__(self, x_BTD: jax.Array, segment_ids_BT: Optional[jax.Array] = None
+                 ) -> jax.Array: ...
 
     def extend(self, x_BTD: jax.Array, cache: Any) -> tuple[jax.Array, Any]: ...
 

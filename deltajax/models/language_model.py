@@ -19,6 +19,7 @@ from deltajax.models.config import REMAT_POLICIES, ModelConfig
 from deltajax.models.mixers import build_mixer
 from deltajax.ops import checks
 from deltajax.ops.attention import check_cache_positions
+from deltajax.ops.segments import check_segment_ids
 
 
 def _norm(config: ModelConfig):
@@ -73,8 +74,8 @@ class Block(nn.Module):
     def _with_mlp(self, x_BTD):
         return x_BTD + self.mlp(self.mlp_norm(x_BTD)) if self.config.mlp else x_BTD
 
-    def __call__(self, x_BTD):
-        return self._with_mlp(x_BTD + self.mixer(self.mixer_norm(x_BTD)))
+    def __call__(self, x_BTD, segment_ids_BT=None):
+        return self._with_mlp(x_BTD + self.mixer(self.mixer_norm(x_BTD), segment_ids_BT))
 
     def extend(self, x_BTD, cache):
         y_BTD, cache = self.mixer.extend(self.mixer_norm(x_BTD), cache)
@@ -83,10 +84,10 @@ class Block(nn.Module):
 
 class _ScanBlock(Block):
     """A Block with nn.scan's signatures: the residual stream is the carry; the per-layer cache
-    (extend) is scanned in and out."""
+    (extend) and the segment ids (copied per layer, see LanguageModel) are scanned in."""
 
-    def __call__(self, x_BTD, _):
-        return super().__call__(x_BTD), None
+    def __call__(self, x_BTD, segment_ids_LBT):
+        return super().__call__(x_BTD, segment_ids_LBT), None
 
 
 def _blocks(c: ModelConfig):
@@ -147,14 +148,25 @@ class LanguageModel(nn.Module):
         logits = self.embed.attend(x_BTD) if self.config.tie_embeddings else self.head(x_BTD)
         return logits.astype(jnp.float32)
 
-    def __call__(self, tokens_BT: jax.Array) -> jax.Array:
+    def __call__(self, tokens_BT: jax.Array, segment_ids_BT: Optional[jax.Array] = None
+                 ) -> jax.Array:
+        """segment_ids_BT: [B, T] integers, non-decreasing along time, for packed sequences:
+        every segment's logits are those of the segment alone (attention masked to the segment,
+        RoPE positions from its start, convolutions and states reset at its start)."""
         invalid = check_tokens(tokens_BT, self.config.vocab_size, "tokens_BT")
+        if segment_ids_BT is not None:
+            invalid = checks.any_invalid([invalid, check_segment_ids(
+                segment_ids_BT, tokens_BT.shape, "segment_ids_BT")])
         x_BTD = self.embed(tokens_BT)
         if self.config.scan_layers:
-            x_BTD, _ = self.blocks(x_BTD, None)
+            # One in_axes serves both of nn.scan's methods and extend scans its cache, so the
+            # ids go in scanned too, one copy per layer.
+            per_layer = None if segment_ids_BT is None else jnp.broadcast_to(
+                segment_ids_BT, (self.config.num_layers, *segment_ids_BT.shape))
+            x_BTD, _ = self.blocks(x_BTD, per_layer)
         else:
             for block in self.blocks:
-                x_BTD = block(x_BTD)
+                x_BTD = block(x_BTD, segment_ids_BT)
         return checks.poison(invalid, self._logits(x_BTD))
 
     @nn.nowrap

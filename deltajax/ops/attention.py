@@ -6,31 +6,35 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from deltajax.ops import checks
 from deltajax.ops.backend import check_chunk_size, clamp_chunk
+from deltajax.ops.segments import check_segment_ids, same_segment_mask
 
 _PRECISION = jax.lax.Precision.HIGHEST
 
 
-def rope(x_BTHD: jax.Array, positions_T: jax.Array, theta: float = 10000.0) -> jax.Array:
-    """Rotary position embedding (rotate-half convention) at integer positions."""
+def rope(x_BTHD: jax.Array, positions: jax.Array, theta: float = 10000.0) -> jax.Array:
+    """Rotary position embedding (rotate-half convention) at integer positions, [T] shared by
+    the batch or [B, T] per row (positions within packed segments)."""
     D = x_BTHD.shape[-1]
     if D % 2:
         raise ValueError(f"rope needs an even head dimension, got {D}")
     inv_freq_F = theta ** (-jnp.arange(0, D, 2, dtype=jnp.float32) / D)
-    angle_TF = positions_T.astype(jnp.float32)[:, None] * inv_freq_F[None, :]
-    cos_1T1F, sin_1T1F = jnp.cos(angle_TF)[None, :, None], jnp.sin(angle_TF)[None, :, None]
+    angle_BTF = jnp.atleast_2d(positions).astype(jnp.float32)[..., None] * inv_freq_F[None, None]
+    cos_BT1F, sin_BT1F = jnp.cos(angle_BTF)[:, :, None], jnp.sin(angle_BTF)[:, :, None]
     x1, x2 = jnp.split(x_BTHD.astype(jnp.float32), 2, axis=-1)
-    rotated = jnp.concatenate([x1 * cos_1T1F - x2 * sin_1T1F, x2 * cos_1T1F + x1 * sin_1T1F], -1)
+    rotated = jnp.concatenate([x1 * cos_BT1F - x2 * sin_BT1F, x2 * cos_BT1F + x1 * sin_BT1F], -1)
     return rotated.astype(x_BTHD.dtype)
 
 
-def causal_attention(q_BTHD, k_BTHD, v_BTHD, *, window: Optional[int] = None) -> jax.Array:
-    """Causal softmax attention; with `window`, each token sees itself and window - 1 before it."""
+def causal_attention(q_BTHD, k_BTHD, v_BTHD, *, window: Optional[int] = None,
+                     segment_ids: Optional[jax.Array] = None) -> jax.Array:
+    """Causal softmax attention; with `window`, each token sees itself and window - 1 before it;
+    with segment_ids [B, T] (packed sequences), only tokens of its own segment."""
     local = None if window is None else (window - 1, 0)
-    return jax.nn.dot_product_attention(q_BTHD, k_BTHD, v_BTHD, is_causal=True,
+    mask = None if segment_ids is None else same_segment_mask(segment_ids)
+    return jax.nn.dot_product_attention(q_BTHD, k_BTHD, v_BTHD, mask=mask, is_causal=True,
                                         local_window_size=local)
 
 
@@ -129,12 +133,7 @@ def linear_attention(
     # A public op like delta_rule: the same check and the same clamp rule.
     C = clamp_chunk(check_chunk_size(chunk_size), T)
     N = -(-T // C)
-    invalid = None
-    if segment_ids is not None:
-        if tuple(jnp.shape(segment_ids)) != (B, T):
-            raise ValueError(f"segment_ids must have shape [batch, time] = {(B, T)}, got "
-                             f"{tuple(jnp.shape(segment_ids))}")
-        invalid = _check_non_decreasing(segment_ids)
+    invalid = None if segment_ids is None else check_segment_ids(segment_ids, (B, T))
 
     def to_chunks(x_BTH_):
         x = jnp.pad(x_BTH_.astype(jnp.float32), [(0, 0), (0, N * C - T), (0, 0), (0, 0)])
@@ -172,16 +171,3 @@ def linear_attention(
     o_BTHV = jnp.moveaxis(o_NBHCV, (0, 2), (1, 3)).reshape(B, N * C, H, V)[:, :T]
     return checks.poison(invalid, (o_BTHV.astype(v_BTHV.dtype),
                                    final_state if return_final_state else None))
-
-
-def _check_non_decreasing(segment_ids) -> Optional[jax.Array]:
-    """delta_rule's rule for segment_ids: raises when concrete, else the traced flag."""
-    if not jnp.issubdtype(jnp.result_type(segment_ids), jnp.integer):
-        raise ValueError(f"segment_ids must have an integer dtype, got "
-                         f"{jnp.result_type(segment_ids)}")
-    values = checks.concrete(segment_ids)
-    if values is None:
-        return jnp.any(segment_ids[:, 1:] < segment_ids[:, :-1])
-    if np.any(np.diff(values, axis=1) < 0):
-        raise ValueError("segment_ids must be non-decreasing along time")
-    return None

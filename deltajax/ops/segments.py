@@ -1,7 +1,30 @@
 """Helpers for packed sequences (`segment_ids`)."""
 
+from typing import Optional
+
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from deltajax.ops import checks
+
+
+def check_segment_ids(segment_ids, shape_BT: tuple[int, int],
+                      name: str = "segment_ids") -> Optional[jax.Array]:
+    """segment_ids must be integers of shape [batch, time], non-decreasing along time. Concrete
+    violations raise a ValueError naming `name`; traced ones give the flag that the caller turns
+    into NaN (checks.poison)."""
+    if tuple(jnp.shape(segment_ids)) != tuple(shape_BT):
+        raise ValueError(f"{name} must have shape [batch, time] = {tuple(shape_BT)}, got "
+                         f"{tuple(jnp.shape(segment_ids))}")
+    if not jnp.issubdtype(jnp.result_type(segment_ids), jnp.integer):
+        raise ValueError(f"{name} must have an integer dtype, got {jnp.result_type(segment_ids)}")
+    values = checks.concrete(segment_ids)
+    if values is None:
+        return jnp.any(segment_ids[:, 1:] < segment_ids[:, :-1])
+    if np.any(np.diff(values, axis=1) < 0):
+        raise ValueError(f"{name} must be non-decreasing along time")
+    return None
 
 
 def segment_continues(segment_ids_BT: jax.Array) -> jax.Array:

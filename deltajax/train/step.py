@@ -30,6 +30,14 @@ def _cast(params, dtype):
                         params)
 
 
+def _model_inputs(batch: dict) -> tuple:
+    """The model's positional inputs: the tokens, and the segment ids of packed batches (models
+    without packing need not take them)."""
+    if "segment_ids" in batch:
+        return batch["inputs"], batch["segment_ids"]
+    return (batch["inputs"],)
+
+
 def global_norm(tree) -> jax.Array:
     """The L2 norm of all leaves together (optax renamed its helper across versions)."""
     return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
@@ -43,7 +51,9 @@ def train_step(state: TrainState, batch: dict, *, model: nn.Module,
                tx: optax.GradientTransformation, schedule: optax.Schedule,
                grad_accum_steps: int = 1, compute_dtype: str = "float32",
                axis_name: Optional[str] = None) -> tuple[TrainState, dict]:
-    """One optimizer update on the batch {"inputs", "targets": int32 [B, T]}.
+    """One optimizer update on the batch {"inputs", "targets": int32 [B, T]}, and for packed
+    sequences "segment_ids" [B, T] (LanguageModel's segment_ids_BT; the targets that cross a
+    segment end are the data's to mask with IGNORE_INDEX).
 
     The loss is the mean over every unmasked position of the batch; with grad_accum_steps = A
     the batch runs as A microbatches whose gradients add up to that same mean. Under pmap pass
@@ -54,7 +64,7 @@ def train_step(state: TrainState, batch: dict, *, model: nn.Module,
 
     def loss_fn(params, micro):
         logits_BTV = model.apply({"params": _cast(params, jnp.dtype(compute_dtype))},
-                                 micro["inputs"])
+                                 *_model_inputs(micro))
         sums = loss_lib.masked_sums(logits_BTV, micro["targets"])
         return sums["loss_sum"] / normaliser, sums
 
@@ -84,7 +94,8 @@ def train_step(state: TrainState, batch: dict, *, model: nn.Module,
 
 def eval_step(params, batch: dict, *, model: nn.Module, compute_dtype: str = "float32") -> dict:
     """masked_sums of one batch; add them over batches and call loss.means for the averages."""
-    logits_BTV = model.apply({"params": _cast(params, jnp.dtype(compute_dtype))}, batch["inputs"])
+    logits_BTV = model.apply({"params": _cast(params, jnp.dtype(compute_dtype))},
+                             *_model_inputs(batch))
     return loss_lib.masked_sums(logits_BTV, batch["targets"])
 
 
