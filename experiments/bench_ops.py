@@ -1,11 +1,17 @@
-"""Times backends of delta_rule over sequence lengths and writes a Markdown table.
+"""Times backends of delta_rule over a grid of shapes and writes a Markdown table.
 
-    python experiments/bench_ops.py --preset=full     # benchmarks/results/<platform>-ops.md
+    python experiments/bench_ops.py --preset=issue18  # K in {64, 128}, gated and not, T 1k-16k
+    python experiments/bench_ops.py --preset=full     # K=64, T=256..16384, recurrent and chunked
     python experiments/bench_ops.py --preset=small    # `make bench-ops` (runs/bench_ops/)
 
-Forward and forward+backward are timed under jax.jit (medians of --repeats calls after a warm-up
-call); peak memory is XLA's buffer assignment for the compiled forward+backward (arguments +
-outputs + temporaries), which is what the backward's residuals drive.
+Each cell (K = V, gated or not, T) times every backend's forward and forward+backward under
+jax.jit, the calls interleaved (study.interleaved_medians: one call of each candidate a round,
+the order rotating), medians of --repeats rounds after a compiling call. Achieved GFLOP/s is
+the algorithm's matmul FLOPs (the *_flops functions below, not XLA's cost analysis, which
+counts a loop body once) over the median time, and its fraction of the same process's measured
+large-matmul rate (a jitted 2048x2048 f32 jnp.dot at precision HIGHEST, as the ops use). Peak
+memory is XLA's buffer assignment for the compiled forward+backward (arguments + outputs +
+temporaries), which is what the backward's residuals drive.
 """
 
 import dataclasses
@@ -18,50 +24,148 @@ from absl import app, flags
 
 from deltajax import study
 from deltajax.ops import Backend, delta_rule, parse_backend
+from deltajax.ops.backend import resolve
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # out_dir: runs/ is scratch, next to where the script is started; the committed tables are the
 # repository's benchmarks/results/, from any directory.
+_RESULTS = os.path.join(REPO, "benchmarks", "results")
 PRESETS = {
-    "small": dict(seq_lens=(256, 1024, 4096), repeats=3, out_dir="runs/bench_ops"),
-    "full": dict(seq_lens=(256, 512, 1024, 2048, 4096, 8192, 16384), repeats=5,
-                 out_dir=os.path.join(REPO, "benchmarks", "results")),
+    "small": dict(seq_lens=(256, 1024, 4096), head_dims=(64,), gated=(False,),
+                  backends=("recurrent", "chunked"), repeats=3, out_dir="runs/bench_ops"),
+    "full": dict(seq_lens=(256, 512, 1024, 2048, 4096, 8192, 16384), head_dims=(64,),
+                 gated=(False,), backends=("recurrent", "chunked"), repeats=5,
+                 out_dir=_RESULTS),
+    # Issue 18's grid. The recurrent path's gradient would need ~9 GiB at K=128, T=16384: it is
+    # left out (--backends adds it back).
+    "issue18": dict(seq_lens=(1024, 4096, 16384), head_dims=(64, 128), gated=(False, True),
+                    backends=("chunked",), repeats=5, out_dir=_RESULTS),
 }
 
 _where = lambda d: f"<repo>/{os.path.relpath(d, REPO)}/" if os.path.isabs(d) else f"./{d}/"
-flags.DEFINE_enum("preset", "small", list(PRESETS), "Sequence lengths, repeats and output folder:\n"
-                  + "\n".join(f"{name}: T={', '.join(map(str, p['seq_lens']))}; {p['repeats']} "
-                               f"repeats; to {_where(p['out_dir'])}"
-                               for name, p in PRESETS.items()))
+flags.DEFINE_enum("preset", "small", list(PRESETS), "Grid, backends, repeats and output folder:\n"
+                  + "\n".join(f"{name}: T={', '.join(map(str, p['seq_lens']))}; K="
+                              f"{', '.join(map(str, p['head_dims']))}; gated="
+                              f"{'/'.join(map(str, p['gated']))}; {', '.join(p['backends'])}; "
+                              f"{p['repeats']} repeats; to {_where(p['out_dir'])}"
+                              for name, p in PRESETS.items()))
 flags.DEFINE_list("seq_lens", None, "Overrides the preset's sequence lengths.")
-flags.DEFINE_list("backends", ["recurrent", "chunked"],
-                  "Backends of delta_rule to time, by Backend value: "
+flags.DEFINE_list("head_dims", None, "Overrides the preset's head dimensions K (= V).")
+flags.DEFINE_enum("gated", None, ["no", "yes", "both"],
+                  "Overrides the preset's gate cases: no gate, a gate (log-decay uniform in "
+                  "[log 0.9, 0]), or both.")
+flags.DEFINE_list("backends", None,
+                  "Overrides the preset's backends of delta_rule, by Backend value: "
                   + ", ".join(b.value for b in Backend) + ".")
 flags.DEFINE_integer("batch", 1, "B")
 flags.DEFINE_integer("heads", 4, "H")
-flags.DEFINE_integer("head_dim", 64, "K = V")
 flags.DEFINE_integer("chunk_size", 64, "chunk_size of the chunked backends.")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Input dtype.")
-flags.DEFINE_integer("repeats", None, "Overrides the preset's timed calls per measurement.")
+flags.DEFINE_integer("repeats", None, "Overrides the preset's timed rounds per cell.")
+flags.DEFINE_integer("matmul_size", 2048, "n of the reference [n, n] x [n, n] jnp.dot.")
 flags.DEFINE_string("out", None, "Output Markdown file (default <out_dir>/<platform>-ops.md).")
+
+
+def chunked_forward_flops(T: int, K: int, V: int, C: int, *, B: int = 1, H: int = 1) -> float:
+    """Matmul FLOPs of the chunkwise forward (deltajax/ops/README.md, "Chunkwise form").
+
+    Per chunk of C tokens per (batch, head), 2*m*n*k for an [m, k] x [k, n] product:
+        K K^T                        2 C^2 K
+        Q K^T                        2 C^2 K
+        A^-1 (unit lower triangular) counted as C^3/3 multiply-adds: 2 C^3 / 3
+        W = A^-1 X                   2 C^2 K
+        U = A^-1 Y                   2 C^2 V
+        W S                          2 C K V
+        Q S                          2 C K V
+        (D * Q K^T) u                2 C^2 V
+        (diag(D[C, :]) K)^T u        2 C K V
+    over ceil(T / C) chunks (the padded tail is work done). Elementwise work is not counted.
+    """
+    per_chunk = 2 * (3 * C * C * K + C**3 / 3 + 2 * C * C * V + 3 * C * K * V)
+    return B * H * -(-T // C) * per_chunk
+
+
+def chunked_backward_flops(T: int, K: int, V: int, C: int, *, B: int = 1, H: int = 1) -> float:
+    """Matmul FLOPs of the chunkwise backward (deltajax/ops/README.md, "Backward"), useful work
+    only: recomputing the factors (A^-1, W, U: the forward's first six lines) is not counted.
+
+    Per chunk of C tokens per (batch, head):
+        du  = (D * QK)^T dO                  2 C^2 V
+            + diag(delta) K dS'              2 C K V
+        dS  = (diag(gamma) Q)^T dO           2 C K V
+            - W^T du                         2 C K V
+        dW  = -du S^T                        2 C K V
+        dP  = dO u^T                         2 C^2 V
+        d(diag(gamma) Q) = dO S^T            2 C K V
+        d(diag(delta) K) = u dS'^T           2 C K V
+        dX  = A^-T dW                        2 C^2 K
+        dY  = A^-T dU                        2 C^2 V
+        dA  = -(dX W^T + dY U^T)             2 C^2 K + 2 C^2 V
+        dq from P = D * Q K^T: (dP * D) K    2 C^2 K
+        dk from P: (dP * D)^T Q              2 C^2 K
+        dk from A's K K^T: M K + M^T K       2 * 2 C^2 K   (M = diag(b) strict_lower(D) * dA)
+    """
+    per_chunk = 2 * (6 * C * C * K + 4 * C * C * V + 6 * C * K * V)
+    return B * H * -(-T // C) * per_chunk
+
+
+def recurrent_forward_flops(T: int, K: int, V: int, *, B: int = 1, H: int = 1) -> float:
+    """Matmul FLOPs of the token scan: per token per (batch, head) three [K, V] products,
+    predict S^T k, write k u^T, read S^T q: 3 * 2 K V."""
+    return B * H * T * 3 * 2 * K * V
+
+
+def recurrent_backward_flops(T: int, K: int, V: int, *, B: int = 1, H: int = 1) -> float:
+    """jax.grad through the token scan: each forward product has two cotangent products,
+    twice the forward's 3 * 2 K V per token."""
+    return 2 * recurrent_forward_flops(T, K, V, B=B, H=H)
+
+
+def path_flops(backend: str, T: int, K: int, V: int, chunk_size: int, *, B: int, H: int,
+               differentiated: bool) -> float:
+    """Matmul FLOPs of one call of `backend` as delta_rule resolves it on this platform: the
+    forward alone, or forward + backward. Pallas runs the chunkwise algorithm."""
+    r = resolve(Backend(backend), seq_len=T, head_dim=K, chunk_size=chunk_size,
+                platform=jax.default_backend(), differentiated=differentiated)
+    if r.path == Backend.RECURRENT:
+        flops = recurrent_forward_flops(T, K, V, B=B, H=H)
+        return flops + (recurrent_backward_flops(T, K, V, B=B, H=H) if differentiated else 0)
+    flops = chunked_forward_flops(T, K, V, r.chunk_size, B=B, H=H)
+    return flops + (chunked_backward_flops(T, K, V, r.chunk_size, B=B, H=H)
+                    if differentiated else 0)
+
+
+def matmul_gflops(repeats: int, n: int) -> float:
+    """The process's large-matmul rate: 2 n^3 FLOPs over the median time of a jitted f32
+    [n, n] x [n, n] jnp.dot at precision HIGHEST."""
+    rng = np.random.default_rng(0)
+    a, b = (jnp.asarray(rng.normal(size=(n, n)), jnp.float32) for _ in range(2))
+    dot = jax.jit(lambda x, y: jnp.dot(x, y, precision=jax.lax.Precision.HIGHEST))
+    return 2 * n**3 / study.median_seconds(dot, a, b, repeats=repeats) / 1e9
 
 
 @dataclasses.dataclass
 class Row:
+    head_dim: int
+    gated: bool
     seq_len: int
     backend: str
     forward_ms: float
     train_ms: float
+    forward_gflops: float
+    train_gflops: float
     train_peak_mib: float
 
 
-def make_inputs(B, T, H, D, dtype, seed=0):
+def make_inputs(B, T, H, D, dtype, gated, seed=0):
+    """q, k (L2-normalised), v, beta in [0, 1], and gate (log-decay in [log 0.9, 0]) or None."""
     rng = np.random.default_rng(seed)
     k = rng.normal(size=(B, T, H, D))
     k /= np.linalg.norm(k, axis=-1, keepdims=True)
     arrays = (rng.normal(size=(B, T, H, D)), k, rng.normal(size=(B, T, H, D)),
               rng.uniform(0, 1, size=(B, T, H)))
-    return tuple(jnp.asarray(x, dtype) for x in arrays)
+    gate = jnp.asarray(rng.uniform(np.log(0.9), 0, size=(B, T, H)), jnp.float32) if gated else None
+    return tuple(jnp.asarray(x, dtype) for x in arrays) + (gate,)
 
 
 def peak_mib(jitted, args):
@@ -71,37 +175,59 @@ def peak_mib(jitted, args):
     return total / 2**20
 
 
-def measure(backend, T, *, B, H, D, dtype, chunk_size, repeats) -> Row:
-    args = make_inputs(B, T, H, D, dtype)
+def measure_cell(backends, T, *, B, H, D, gated, dtype, chunk_size, repeats) -> list[Row]:
+    """Every backend's forward and forward+backward at one shape, timed interleaved."""
+    args = make_inputs(B, T, H, D, dtype, gated)
+    fns, trains = {}, {}
+    for backend in backends:
+        def forward(q, k, v, beta, gate, backend=backend):
+            return delta_rule(q, k, v, beta, gate=gate, backend=backend,
+                              chunk_size=chunk_size)[0]
 
-    def forward(q, k, v, beta):
-        return delta_rule(q, k, v, beta, backend=backend, chunk_size=chunk_size)[0]
+        def loss(q, k, v, beta, gate, forward=forward):
+            return jnp.sum(forward(q, k, v, beta, gate).astype(jnp.float32) ** 2)
 
-    def loss(q, k, v, beta):
-        return jnp.sum(forward(q, k, v, beta).astype(jnp.float32) ** 2)
+        fns[backend, "forward"] = jax.jit(forward)
+        trains[backend] = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4) if gated
+                                                     else (0, 1, 2, 3)))
+        fns[backend, "train"] = trains[backend]
+    seconds = study.interleaved_medians(fns, *args, repeats=repeats)
+    rows = []
+    for backend in backends:
+        fwd, train = seconds[backend, "forward"], seconds[backend, "train"]
+        flops = {d: path_flops(backend, T, D, D, chunk_size, B=B, H=H, differentiated=d)
+                 for d in (False, True)}
+        rows.append(Row(D, gated, T, backend, 1e3 * fwd, 1e3 * train, flops[False] / fwd / 1e9,
+                        flops[True] / train / 1e9, peak_mib(trains[backend], args)))
+    return rows
 
-    forward_jit = jax.jit(forward)
-    train_jit = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3)))
-    forward_ms = 1e3 * study.median_seconds(forward_jit, *args, repeats=repeats)
-    train_ms = 1e3 * study.median_seconds(train_jit, *args, repeats=repeats)
-    return Row(T, backend, forward_ms, train_ms, peak_mib(train_jit, args))
 
-
-def to_markdown(rows, *, header, command) -> str:
+def to_markdown(rows, *, header, command, dot_gflops, matmul_size) -> str:
     lines = [header, "", f"Command: `{command}`", "",
-             "| T | backend | forward ms | fwd+bwd ms | fwd+bwd peak MiB |",
-             "|---:|---|---:|---:|---:|"]
-    lines += [f"| {r.seq_len} | {r.backend} | {r.forward_ms:.2f} | {r.train_ms:.2f} | "
+             f"Large-matmul rate of this process: {dot_gflops:.1f} GFLOP/s (median of a jitted "
+             f"{matmul_size}x{matmul_size} f32 jnp.dot, precision HIGHEST). GFLOP/s: the "
+             "algorithm's matmul FLOPs (bench_ops.py's *_flops) over the median time; the "
+             "backward counts useful FLOPs only, not the recomputation of the chunk factors. "
+             "% dot: fwd+bwd GFLOP/s as a fraction of the matmul rate.", "",
+             "| K=V | gate | T | backend | forward ms | fwd+bwd ms | fwd GFLOP/s | "
+             "fwd+bwd GFLOP/s | % dot | fwd+bwd peak MiB |",
+             "|---:|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r.head_dim} | {'yes' if r.gated else 'no'} | {r.seq_len} | {r.backend} | "
+              f"{r.forward_ms:.2f} | {r.train_ms:.2f} | {r.forward_gflops:.2f} | "
+              f"{r.train_gflops:.2f} | {100 * r.train_gflops / dot_gflops:.1f}% | "
               f"{r.train_peak_mib:.1f} |" for r in rows]
-    by_key = {(r.seq_len, r.backend): r for r in rows}
-    ratios = [(T, by_key[T, "recurrent"], by_key[T, "chunked"])
-              for T in sorted({r.seq_len for r in rows})
-              if (T, "recurrent") in by_key and (T, "chunked") in by_key]
+    by_key = {(r.head_dim, r.gated, r.seq_len, r.backend): r for r in rows}
+    ratios = [(key, by_key[key + ("recurrent",)], by_key[key + ("chunked",)])
+              for key in dict.fromkeys((r.head_dim, r.gated, r.seq_len) for r in rows)
+              if key + ("recurrent",) in by_key and key + ("chunked",) in by_key]
     if ratios:
         lines += ["", "Chunked against jax.grad through the recurrent scan (same run):", "",
-                  "| T | fwd+bwd speed-up | peak memory ratio |", "|---:|---:|---:|"]
-        lines += [f"| {T} | {rec.train_ms / chk.train_ms:.1f}x | "
-                  f"{rec.train_peak_mib / chk.train_peak_mib:.1f}x |" for T, rec, chk in ratios]
+                  "| K=V | gate | T | fwd+bwd speed-up | peak memory ratio |",
+                  "|---:|---|---:|---:|---:|"]
+        lines += [f"| {K} | {'yes' if gated else 'no'} | {T} | "
+                  f"{rec.train_ms / chk.train_ms:.1f}x | "
+                  f"{rec.train_peak_mib / chk.train_peak_mib:.1f}x |"
+                  for (K, gated, T), rec, chk in ratios]
     return "\n".join(lines) + "\n"
 
 
@@ -110,26 +236,39 @@ def main(argv):
     FLAGS = flags.FLAGS
     preset = PRESETS[FLAGS.preset]
     seq_lens = [int(t) for t in FLAGS.seq_lens] if FLAGS.seq_lens else preset["seq_lens"]
+    head_dims = [int(d) for d in FLAGS.head_dims] if FLAGS.head_dims else preset["head_dims"]
+    gated_cases = ({"no": (False,), "yes": (True,), "both": (False, True)}[FLAGS.gated]
+                   if FLAGS.gated else preset["gated"])
+    backends = [parse_backend(b, "--backends").value
+                for b in (FLAGS.backends or preset["backends"])]
     repeats = FLAGS.repeats or preset["repeats"]
     platform = jax.default_backend()
     out = FLAGS.out or os.path.join(preset["out_dir"], f"{platform}-ops.md")
-    B, H, D = FLAGS.batch, FLAGS.heads, FLAGS.head_dim
+    B, H = FLAGS.batch, FLAGS.heads
     header = (f"# delta_rule backends on {platform}\n\n"
-              f"{study.measured_on()} B={B}, H={H}, K=V={D}, {FLAGS.dtype}, "
-              f"chunk_size={FLAGS.chunk_size}, "
-              f"L2-normalised k, beta in [0, 1]; medians of {repeats} calls.")
+              f"{study.measured_on()} B={B}, H={H}, K=V in {{{', '.join(map(str, head_dims))}}}, "
+              f"{FLAGS.dtype}, chunk_size={FLAGS.chunk_size}, L2-normalised k, beta in [0, 1], "
+              f"gate (where used) log-decay in [log 0.9, 0]; medians of {repeats} interleaved "
+              f"calls.")
 
-    backends = [parse_backend(b, "--backends").value for b in FLAGS.backends]
+    n = FLAGS.matmul_size
+    dot_gflops = matmul_gflops(max(repeats, 3), n)
+    print(f"jnp.dot {n}x{n} f32: {dot_gflops:.1f} GFLOP/s", flush=True)
     rows = []
-    for T in seq_lens:
-        for backend in backends:
-            rows.append(measure(backend, T, B=B, H=H, D=D, dtype=jnp.dtype(FLAGS.dtype),
-                                chunk_size=FLAGS.chunk_size, repeats=repeats))
-            print(f"T={T:6d} {backend:10s} fwd {rows[-1].forward_ms:9.2f} ms  "
-                  f"fwd+bwd {rows[-1].train_ms:9.2f} ms  peak {rows[-1].train_peak_mib:8.1f} MiB",
-                  flush=True)
+    for D in head_dims:
+        for gated in gated_cases:
+            for T in seq_lens:
+                rows += measure_cell(backends, T, B=B, H=H, D=D, gated=gated,
+                                     dtype=jnp.dtype(FLAGS.dtype), chunk_size=FLAGS.chunk_size,
+                                     repeats=repeats)
+                for r in rows[-len(backends):]:
+                    print(f"K={D:4d} gate={'yes' if gated else 'no':3s} T={T:6d} {r.backend:16s}"
+                          f" fwd {r.forward_ms:9.2f} ms  fwd+bwd {r.train_ms:9.2f} ms "
+                          f"({r.train_gflops:7.2f} GFLOP/s)  peak {r.train_peak_mib:8.1f} MiB",
+                          flush=True)
 
-    table = to_markdown(rows, header=header, command=study.command_line("experiments.bench_ops"))
+    table = to_markdown(rows, header=header, dot_gflops=dot_gflops, matmul_size=n,
+                        command=study.command_line("experiments.bench_ops"))
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     with open(out, "w") as f:
         f.write(table)
