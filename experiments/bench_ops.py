@@ -43,27 +43,33 @@ PRESETS = {
 }
 
 _where = lambda d: f"<repo>/{os.path.relpath(d, REPO)}/" if os.path.isabs(d) else f"./{d}/"
-flags.DEFINE_enum("preset", "small", list(PRESETS), "Grid, backends, repeats and output folder:\n"
-                  + "\n".join(f"{name}: T={', '.join(map(str, p['seq_lens']))}; K="
-                              f"{', '.join(map(str, p['head_dims']))}; gated="
-                              f"{'/'.join(map(str, p['gated']))}; {', '.join(p['backends'])}; "
-                              f"{p['repeats']} repeats; to {_where(p['out_dir'])}"
-                              for name, p in PRESETS.items()))
-flags.DEFINE_list("seq_lens", None, "Overrides the preset's sequence lengths.")
-flags.DEFINE_list("head_dims", None, "Overrides the preset's head dimensions K (= V).")
-flags.DEFINE_enum("gated", None, ["no", "yes", "both"],
-                  "Overrides the preset's gate cases: no gate, a gate (log-decay uniform in "
-                  "[log 0.9, 0]), or both.")
-flags.DEFINE_list("backends", None,
-                  "Overrides the preset's backends of delta_rule, by Backend value: "
-                  + ", ".join(b.value for b in Backend) + ".")
-flags.DEFINE_integer("batch", 1, "B")
-flags.DEFINE_integer("heads", 4, "H")
-flags.DEFINE_integer("chunk_size", 64, "chunk_size of the chunked backends.")
-flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Input dtype.")
-flags.DEFINE_integer("repeats", None, "Overrides the preset's timed rounds per cell.")
-flags.DEFINE_integer("matmul_size", 2048, "n of the reference [n, n] x [n, n] jnp.dot.")
-flags.DEFINE_string("out", None, "Output Markdown file (default <out_dir>/<platform>-ops.md).")
+
+
+def define_flags():
+    """Defined when run as a script only: the tests import this module beside others whose
+    flags share names (seq_lens, repeats), and absl flags are global."""
+    flags.DEFINE_enum("preset", "small", list(PRESETS),
+                      "Grid, backends, repeats and output folder:\n"
+                      + "\n".join(f"{name}: T={', '.join(map(str, p['seq_lens']))}; K="
+                                  f"{', '.join(map(str, p['head_dims']))}; gated="
+                                  f"{'/'.join(map(str, p['gated']))}; {', '.join(p['backends'])}; "
+                                  f"{p['repeats']} repeats; to {_where(p['out_dir'])}"
+                                  for name, p in PRESETS.items()))
+    flags.DEFINE_list("seq_lens", None, "Overrides the preset's sequence lengths.")
+    flags.DEFINE_list("head_dims", None, "Overrides the preset's head dimensions K (= V).")
+    flags.DEFINE_enum("gated", None, ["no", "yes", "both"],
+                      "Overrides the preset's gate cases: no gate, a gate (log-decay uniform in "
+                      "[log 0.9, 0]), or both.")
+    flags.DEFINE_list("backends", None,
+                      "Overrides the preset's backends of delta_rule, by Backend value: "
+                      + ", ".join(b.value for b in Backend) + ".")
+    flags.DEFINE_integer("batch", 1, "B")
+    flags.DEFINE_integer("heads", 4, "H")
+    flags.DEFINE_integer("chunk_size", 64, "chunk_size of the chunked backends.")
+    flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Input dtype.")
+    flags.DEFINE_integer("repeats", None, "Overrides the preset's timed rounds per cell.")
+    flags.DEFINE_integer("matmul_size", 2048, "n of the reference [n, n] x [n, n] jnp.dot.")
+    flags.DEFINE_string("out", None, "Output Markdown file (default <out_dir>/<platform>-ops.md).")
 
 
 def chunked_forward_flops(T: int, K: int, V: int, C: int, *, B: int = 1, H: int = 1) -> float:
@@ -276,4 +282,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -75,19 +75,22 @@ _FILES = {
 }
 OURS = "deltajax"
 
-flags.DEFINE_list("peers_path", [], "Folders searched (before PYTHONPATH) for the peers' sources "
-                  "and their dependencies; see the module docstring.")
-flags.DEFINE_list("peers", list(PEERS), f"Peers to compare: any of {', '.join(PEERS)}.")
-flags.DEFINE_list("seq_lens", ["1024", "4096", "16384"], "Sequence lengths T to time.")
-flags.DEFINE_list("head_dims", ["64", "128"], "Head dimensions K (= V).")
-flags.DEFINE_integer("batch", 1, "B")
-flags.DEFINE_integer("heads", 4, "H")
-flags.DEFINE_integer("chunk_size", 64, "Chunk of every path.")
-flags.DEFINE_integer("check_seq_len", 200, "T of the correctness check (not a multiple of the "
-                     "chunk, so padding is checked too).")
-flags.DEFINE_integer("repeats", 5, "Timed rounds per cell.")
-flags.DEFINE_string("out", None, "Output Markdown file (default "
-                    "<repo>/benchmarks/results/<platform>-peers.md).")
+def define_flags():
+    """Defined when run as a script only: absl flags are global, and other experiments share
+    these names."""
+    flags.DEFINE_list("peers_path", [], "Folders searched (before PYTHONPATH) for the peers' "
+                      "sources and their dependencies; see the module docstring.")
+    flags.DEFINE_list("peers", list(PEERS), f"Peers to compare: any of {', '.join(PEERS)}.")
+    flags.DEFINE_list("seq_lens", ["1024", "4096", "16384"], "Sequence lengths T to time.")
+    flags.DEFINE_list("head_dims", ["64", "128"], "Head dimensions K (= V).")
+    flags.DEFINE_integer("batch", 1, "B")
+    flags.DEFINE_integer("heads", 4, "H")
+    flags.DEFINE_integer("chunk_size", 64, "Chunk of every path.")
+    flags.DEFINE_integer("check_seq_len", 200, "T of the correctness check (not a multiple of the "
+                         "chunk, so padding is checked too).")
+    flags.DEFINE_integer("repeats", 5, "Timed rounds per cell.")
+    flags.DEFINE_string("out", None, "Output Markdown file (default "
+                        "<repo>/benchmarks/results/<platform>-peers.md).")
 
 
 def _find(relpath: str, search: list) -> str:
@@ -316,4 +319,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -1,4 +1,5 @@
-"""The op benchmark runs end to end and writes its table; its FLOP counts match a hand count."""
+"""The op benchmark runs end to end and writes its table; its FLOP counts match a hand count;
+the peer harness loads a peer from the path given and checks it, or names what is missing."""
 
 import pathlib
 import subprocess
@@ -55,3 +56,45 @@ def test_flop_counts_match_a_hand_count_at_a_tiny_shape():
             + bench_ops.chunked_backward_flops(3, K, V, 4, B=1, H=2))
     assert (bench_ops.path_flops("scan_chunked_vjp", 3, K, V, 64, B=1, H=2, differentiated=False)
             == bench_ops.recurrent_forward_flops(3, K, V, B=1, H=2))
+
+
+def test_bench_peers_names_a_missing_or_unknown_peer(tmp_path, monkeypatch):
+    from experiments import bench_peers
+    monkeypatch.setattr(sys, "path", list(sys.path))  # load_peers prepends --peers_path
+    with pytest.raises(ValueError, match=r"'levanter' needs levanter/layers/gated_deltanet.py"):
+        bench_peers.load_peers(["levanter"], [str(tmp_path)])
+    with pytest.raises(ValueError, match="--peers: unknown peer 'fla'"):
+        bench_peers.load_peers(["fla"], [str(tmp_path)])
+
+
+_FAKE_EJKERNEL = '''
+import jax.numpy as jnp
+from deltajax.ops import delta_rule
+
+
+def _chunk_gdr_fwd(query, key, value, beta, decay, chunk_size, use_qk_l2norm):
+    # ejkernel's layout, [B, H, T, ...], around the recurrent specification
+    t = lambda x: jnp.swapaxes(x, 1, 2)
+    o, s = delta_rule(t(query), t(key), t(value), t(beta), gate=t(decay), backend="recurrent",
+                      return_final_state=True)
+    return t(o), s
+
+
+def _chunk_gdr_fwd_neumann(query, key, value, beta, decay, chunk_size, state, use_qk_l2norm):
+    return _chunk_gdr_fwd(query, key, value, beta, decay, chunk_size, use_qk_l2norm)
+'''
+
+
+def test_bench_peers_loads_a_peer_from_the_path_and_checks_it_in_its_layout(tmp_path,
+                                                                           monkeypatch):
+    from experiments import bench_peers
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    folder = tmp_path / "ejkernel" / "kernels" / "_xla" / "gated_delta_rule"
+    folder.mkdir(parents=True)
+    (folder / "_xla_impl_fwd.py").write_text(_FAKE_EJKERNEL)
+    peers = bench_peers.load_peers(["ejkernel_xla"], [str(tmp_path)])
+    errors = bench_peers.check(peers, B=1, T=20, H=2, D=8, chunk_size=8)
+    assert set(errors["ejkernel_xla"]) == {"o", "dq", "dk", "dv", "dbeta", "dgate"}
+    assert max(errors["ejkernel_xla"].values()) < 1e-5
+    for name in ("_deltajax_peer_ejkernel_gdr._xla_impl_fwd", "_deltajax_peer_ejkernel_gdr"):
+        sys.modules.pop(name, None)
