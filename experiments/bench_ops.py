@@ -237,12 +237,23 @@ def to_markdown(rows, *, header, command, dot_gflops, matmul_size) -> str:
     return "\n".join(lines) + "\n"
 
 
+def positive_ints(values, flag: str) -> list[int]:
+    """A list flag's values as positive integers, or a ValueError naming the flag."""
+    try:
+        ints = [int(v) for v in values]
+    except ValueError:
+        ints = []
+    if not ints or min(ints) < 1:
+        raise ValueError(f"--{flag}: positive integers expected, got {values}")
+    return ints
+
+
 def main(argv):
     del argv
     FLAGS = flags.FLAGS
     preset = PRESETS[FLAGS.preset]
-    seq_lens = [int(t) for t in FLAGS.seq_lens] if FLAGS.seq_lens else preset["seq_lens"]
-    head_dims = [int(d) for d in FLAGS.head_dims] if FLAGS.head_dims else preset["head_dims"]
+    seq_lens = positive_ints(FLAGS.seq_lens or preset["seq_lens"], "seq_lens")
+    head_dims = positive_ints(FLAGS.head_dims or preset["head_dims"], "head_dims")
     gated_cases = ({"no": (False,), "yes": (True,), "both": (False, True)}[FLAGS.gated]
                    if FLAGS.gated else preset["gated"])
     backends = [parse_backend(b, "--backends").value

@@ -64,6 +64,7 @@ from absl import app, flags
 
 from deltajax import study
 from deltajax.ops import delta_rule
+from experiments.bench_ops import peak_mib, positive_ints
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEERS = ("maxtext", "ejkernel_xla", "ejkernel_vjp", "levanter")
@@ -225,13 +226,6 @@ def check(fns, *, B, T, H, D, chunk_size) -> dict:
     return errors
 
 
-def peak_mib(jitted, args):
-    stats = jitted.lower(*args).compile().memory_analysis()
-    total = (stats.argument_size_in_bytes + stats.output_size_in_bytes
-             + stats.temp_size_in_bytes - stats.alias_size_in_bytes)
-    return total / 2**20
-
-
 @dataclasses.dataclass
 class Row:
     head_dim: int
@@ -272,21 +266,12 @@ def to_markdown(errors, rows, *, header, command, check_seq_len) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _positive_ints(values, flag):
-    try:
-        ints = [int(v) for v in values]
-    except ValueError:
-        ints = [0]
-    if not ints or min(ints) < 1:
-        raise ValueError(f"--{flag}: positive integers expected, got {values}")
-    return ints
-
-
 def main(argv):
     del argv
     FLAGS = flags.FLAGS
-    seq_lens = _positive_ints(FLAGS.seq_lens, "seq_lens")
-    head_dims = _positive_ints(FLAGS.head_dims, "head_dims")
+    seq_lens = positive_ints(FLAGS.seq_lens, "seq_lens")
+    head_dims = positive_ints(FLAGS.head_dims, "head_dims")
+    positive_ints([FLAGS.check_seq_len], "check_seq_len")
     peers = load_peers(FLAGS.peers, FLAGS.peers_path)
     fns = {OURS: ours} | peers
     B, H, C = FLAGS.batch, FLAGS.heads, FLAGS.chunk_size

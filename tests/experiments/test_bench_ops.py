@@ -58,6 +58,13 @@ def test_flop_counts_match_a_hand_count_at_a_tiny_shape():
             == bench_ops.recurrent_forward_flops(3, K, V, B=1, H=2))
 
 
+def test_a_bad_grid_flag_is_a_value_error_naming_it():
+    assert bench_ops.positive_ints(["1024", "16"], "seq_lens") == [1024, 16]
+    for bad in (["1k"], ["0"], []):
+        with pytest.raises(ValueError, match="--seq_lens: positive integers"):
+            bench_ops.positive_ints(bad, "seq_lens")
+
+
 def test_bench_peers_names_a_missing_or_unknown_peer(tmp_path, monkeypatch):
     from experiments import bench_peers
     monkeypatch.setattr(sys, "path", list(sys.path))  # load_peers prepends --peers_path
