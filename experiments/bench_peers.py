@@ -181,8 +181,9 @@ def load_peers(names, peers_path) -> dict:
                 loaded[name] = _ejkernel(path, custom_vjp=name == "ejkernel_vjp")
         except (FileNotFoundError, ImportError) as e:
             raise ValueError(
-                f"--peers_path: peer {name!r} needs {_FILES[name]} (and its dependencies) in "
-                f"one of {search[:len(peers_path)] or 'PYTHONPATH'}; failed with {e!r}. See "
+                f"--peers_path: peer {name!r} needs {_FILES[name]} (and its dependencies) "
+                f"under a folder of --peers_path ({', '.join(peers_path) or 'none given'}) or "
+                f"PYTHONPATH; failed with {e!r}. See "
                 f"experiments/bench_peers.py's docstring for how to get it, or leave it out of "
                 f"--peers.") from e
     return loaded
