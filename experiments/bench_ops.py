@@ -24,7 +24,8 @@ from absl import app, flags
 
 from deltajax import study
 from deltajax.ops import Backend, delta_rule, parse_backend
-from deltajax.ops.backend import resolve
+from deltajax.ops.backend import clamp_chunk, resolve
+from deltajax.ops.chunked import delta_rule_chunked
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # out_dir: runs/ is scratch, next to where the script is started; the committed tables are the
@@ -41,6 +42,10 @@ PRESETS = {
     "issue18": dict(seq_lens=(1024, 4096, 16384), head_dims=(64, 128), gated=(False, True),
                     backends=("chunked",), repeats=5, out_dir=_RESULTS),
 }
+
+# The chunked backend's two layouts (deltajax/ops/chunked.py), timed as if they were backends:
+# delta_rule_chunked with the layout forced, at the chunk delta_rule would use.
+LAYOUTS = {"chunked:batched": True, "chunked:scanned": False}
 
 _where = lambda d: f"<repo>/{os.path.relpath(d, REPO)}/" if os.path.isabs(d) else f"./{d}/"
 
@@ -62,7 +67,8 @@ def define_flags():
                       "[log 0.9, 0]), or both.")
     flags.DEFINE_list("backends", None,
                       "Overrides the preset's backends of delta_rule, by Backend value: "
-                      + ", ".join(b.value for b in Backend) + ".")
+                      + ", ".join(b.value for b in Backend) + "; or the chunked backend's "
+                      "layouts forced: " + ", ".join(LAYOUTS) + ".")
     flags.DEFINE_integer("batch", 1, "B")
     flags.DEFINE_integer("heads", 4, "H")
     flags.DEFINE_integer("chunk_size", 64, "chunk_size of the chunked backends.")
@@ -131,6 +137,10 @@ def path_flops(backend: str, T: int, K: int, V: int, chunk_size: int, *, B: int,
                differentiated: bool) -> float:
     """Matmul FLOPs of one call of `backend` as delta_rule resolves it on this platform: the
     forward alone, or forward + backward. Pallas runs the chunkwise algorithm."""
+    if backend in LAYOUTS:
+        C = clamp_chunk(chunk_size, T)
+        return (chunked_forward_flops(T, K, V, C, B=B, H=H)
+                + (chunked_backward_flops(T, K, V, C, B=B, H=H) if differentiated else 0))
     r = resolve(Backend(backend), seq_len=T, head_dim=K, chunk_size=chunk_size,
                 platform=jax.default_backend(), differentiated=differentiated)
     if r.path == Backend.RECURRENT:
@@ -187,6 +197,10 @@ def measure_cell(backends, T, *, B, H, D, gated, dtype, chunk_size, repeats) -> 
     fns, trains = {}, {}
     for backend in backends:
         def forward(q, k, v, beta, gate, backend=backend):
+            if backend in LAYOUTS:
+                return delta_rule_chunked(q, k, v, beta, gate_BTH=gate, scale=D ** -0.5,
+                                          chunk_size=clamp_chunk(chunk_size, T),
+                                          batched=LAYOUTS[backend])[0]
             return delta_rule(q, k, v, beta, gate=gate, backend=backend,
                               chunk_size=chunk_size)[0]
 
@@ -256,7 +270,7 @@ def main(argv):
     head_dims = positive_ints(FLAGS.head_dims or preset["head_dims"], "head_dims")
     gated_cases = ({"no": (False,), "yes": (True,), "both": (False, True)}[FLAGS.gated]
                    if FLAGS.gated else preset["gated"])
-    backends = [parse_backend(b, "--backends").value
+    backends = [b if b in LAYOUTS else parse_backend(b, "--backends").value
                 for b in (FLAGS.backends or preset["backends"])]
     repeats = FLAGS.repeats or preset["repeats"]
     platform = jax.default_backend()

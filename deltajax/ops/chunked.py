@@ -10,10 +10,17 @@ segment (else 0), gamma_i = exp(G_i) while token i is still in the segment S bel
     O  = diag(gamma) Q S + (D * Q K^T) u
     S' = gamma_C S + (diag(D[C, :]) K)^T u
 
-One `lax.scan` runs over chunks forward (carrying S) and one backward (carrying dS); each step
-does a whole chunk with matmuls. The backward keeps only the inputs and the state entering each
-chunk, and recomputes a chunk's factors when it reaches it, so no more than one chunk's
-intermediates are ever live: memory O(T (K + V) + (T / C) K V).
+Only S and its cotangent are sequential. Two layouts compute the same thing:
+- batched: every chunk's factors (A^-1, W, U, the decay masks) as batched matmuls over chunks,
+  a forward scan carrying S through u = U - W S and S' (two matmuls a step), the outputs batched;
+  the backward recomputes the factors, runs one reverse scan for dS and du (two matmuls a step)
+  and the chain through W, U, A and the masks batched after it. Memory O(T (K + V + C)).
+- scanned: each scan step computes one chunk's factors and its whole forward (or backward), so
+  one chunk's intermediates are live: memory O(T (K + V) + (T / C) K V).
+Both keep only the inputs and the state entering each chunk for the backward. `_batched` picks:
+on CPU the batched layout only while one [chunks, C, max(C, K, V)] array stays small (large
+batched arrays leave the cache and run slower than the scan's), elsewhere always
+(deltajax/ops/README.md has the measurements).
 """
 
 from typing import NamedTuple, Optional
@@ -39,11 +46,12 @@ def delta_rule_chunked(
     gate_BTH: Optional[jax.Array] = None,
     initial_state_BHKV: Optional[jax.Array] = None,
     segment_ids_BT: Optional[jax.Array] = None,
+    batched: Optional[bool] = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Returns (o_BTHV in the input dtype, final state_BHKV in float32).
 
     chunk_size is taken as given (delta_rule clamps it to the sequence): a chunk longer than T
-    is correct, only padded.
+    is correct, only padded. batched: the layout (module docstring); None lets _batched pick.
     """
     B, T, H, K = q_BTHK.shape
     V = v_BTHV.shape[-1]
@@ -79,41 +87,62 @@ def delta_rule_chunked(
     else:
         S0_BHKV = initial_state_BHKV.astype(jnp.float32)
 
-    o_NBHCV, final_BHKV = _chunked(q_NBHCK, k_NBHCK, v_NBHCV, beta_NBHC, G_NBHC,
-                                   seg_NBC, seg_prev_NB, S0_BHKV)
+    if batched is None:
+        batched = _batched(jax.default_backend(), N * B * H * C * max(C, K, V))
+    o_NBHCV, final_BHKV = (_chunked_batched if batched else _chunked_scanned)(
+        q_NBHCK, k_NBHCK, v_NBHCV, beta_NBHC, G_NBHC, seg_NBC, seg_prev_NB, S0_BHKV)
     o_BTHV = jnp.moveaxis(o_NBHCV, (0, 2), (1, 3)).reshape(B, N * C, H, V)[:, :T]
     return o_BTHV.astype(v_BTHV.dtype), final_BHKV
 
 
+# The CPU's batched layout: while one [chunks, C, max(C, K, V)] float32 array per batch row
+# and head is at most this many bytes in all (T = 1024 at K = 64, H = 4, B = 1).
+CPU_BATCHED_MAX_BYTES = 1 << 20
+
+
+def _batched(platform: str, array_elements: int) -> bool:
+    return platform != "cpu" or 4 * array_elements <= CPU_BATCHED_MAX_BYTES
+
+
 class _Factors(NamedTuple):
-    """State-independent quantities of one chunk (float32, [B, H, ...])."""
+    """State-independent quantities of every chunk (float32, [N, B, H, ...])."""
     D: jax.Array        # [C, C] within-segment decay from token j to token i (lower triangular)
     gamma: jax.Array    # [C] decay of the entering state up to token i (0 after a reset)
     KK: jax.Array       # [C, C] K K^T
     QK: jax.Array       # [C, C] Q K^T
+    P: jax.Array        # [C, C] D * Q K^T, how the new values reach the outputs
     T: jax.Array        # [C, C] A^-1
     W: jax.Array        # [C, K]
     U: jax.Array        # [C, V]
+    Kd: jax.Array       # [C, K] diag(D[C, :]) K, each key decayed to the chunk's end
+    Qg: jax.Array       # [C, K] diag(gamma) Q, the queries that read the entering state
 
 
-def _factors(q_BHCK, k_BHCK, v_BHCV, beta_BHC, G_BHC, seg_BC, seg_prev_B) -> _Factors:
-    C = q_BHCK.shape[-2]
-    causal_11CC = jnp.tril(jnp.ones((1, 1, C, C), bool))
-    mask_B1CC = causal_11CC & (seg_BC[:, :, None] == seg_BC[:, None, :])[:, None]
-    G_diff = G_BHC[..., :, None] - G_BHC[..., None, :]
+def _leading_ones(x, ndim):
+    """x with unit axes in front, to ndim axes (this code never relies on rank promotion)."""
+    return x.reshape((1,) * (ndim - x.ndim) + x.shape)
+
+
+def _factors(q, k, v, beta, G, seg_XBC, seg_prev_XB) -> _Factors:
+    """The factors of one chunk (leading axes B, H) or of every chunk (N, B, H) at once."""
+    C = q.shape[-2]
+    same_XBCC = seg_XBC[..., :, None] == seg_XBC[..., None, :]
+    causal = _leading_ones(jnp.tril(jnp.ones((C, C), bool)), same_XBCC.ndim)
+    mask_XB1CC = (causal & same_XBCC)[..., None, :, :]
+    G_diff = G[..., :, None] - G[..., None, :]
     # Masked before exp: G_i - G_j > 0 above the diagonal could overflow.
-    D = jnp.where(mask_B1CC, jnp.exp(jnp.where(mask_B1CC, G_diff, 0.0)), 0.0)
-    in_entering_segment_B1C = (seg_BC == seg_prev_B[:, None])[:, None]
-    gamma = jnp.exp(G_BHC) * in_entering_segment_B1C
+    D = jnp.where(mask_XB1CC, jnp.exp(jnp.where(mask_XB1CC, G_diff, 0.0)), 0.0)
+    in_entering_segment_XB1C = (seg_XBC == seg_prev_XB[..., None])[..., None, :]
+    gamma = jnp.exp(G) * in_entering_segment_XB1C
 
-    KK = _einsum("bhik,bhjk->bhij", k_BHCK, k_BHCK)
-    QK = _einsum("bhik,bhjk->bhij", q_BHCK, k_BHCK)
-    eye = jnp.broadcast_to(jnp.eye(C, dtype=jnp.float32), D.shape)
-    A = eye + beta_BHC[..., :, None] * jnp.tril(D, -1) * KK
-    T = _unit_lower_inverse(A)
-    W = _einsum("bhij,bhjk->bhik", T, (beta_BHC * gamma)[..., None] * k_BHCK)
-    U = _einsum("bhij,bhjv->bhiv", T, beta_BHC[..., None] * v_BHCV)
-    return _Factors(D, gamma, KK, QK, T, W, U)
+    KK = _einsum("...ik,...jk->...ij", k, k)
+    QK = _einsum("...ik,...jk->...ij", q, k)
+    eye = _leading_ones(jnp.eye(C, dtype=jnp.float32), KK.ndim)
+    T = _unit_lower_inverse(eye + beta[..., :, None] * jnp.tril(D, -1) * KK)
+    W = _einsum("...ij,...jk->...ik", T, (beta * gamma)[..., None] * k)
+    U = _einsum("...ij,...jv->...iv", T, beta[..., None] * v)
+    return _Factors(D, gamma, KK, QK, D * QK, T, W, U, D[..., -1, :, None] * k,
+                    gamma[..., None] * q)
 
 
 def _unit_lower_inverse(A_BHCC: jax.Array) -> jax.Array:
@@ -145,47 +174,47 @@ def _unit_lower_inverse(A_BHCC: jax.Array) -> jax.Array:
     return T_BHMbb[..., 0, :C, :C]
 
 
-def _chunk_forward(f: _Factors, q_BHCK, k_BHCK, S_BHKV):
-    """Output of one chunk and the state leaving it."""
-    u_BHCV = f.U - _einsum("bhck,bhkv->bhcv", f.W, S_BHKV)
-    o_BHCV = (f.gamma[..., None] * _einsum("bhck,bhkv->bhcv", q_BHCK, S_BHKV)
-              + _einsum("bhij,bhjv->bhiv", f.D * f.QK, u_BHCV))
-    Kd_BHCK = f.D[..., -1, :, None] * k_BHCK   # k_j decayed to the chunk's end
-    S_next = (f.gamma[..., -1, None, None] * S_BHKV
-              + _einsum("bhck,bhcv->bhkv", Kd_BHCK, u_BHCV))
-    return o_BHCV, S_next
+def _batched_forward(q, k, v, beta, G, seg, segp, S0_BHKV):
+    """(o, final state, the state entering each chunk), the factors of all chunks at once."""
+    f = _factors(q, k, v, beta, G, seg, segp)
+
+    def step(S_BHKV, chunk):
+        W_n, U_n, Kd_n, gamma_end_n = chunk
+        u_BHCV = U_n - _einsum("...ck,...kv->...cv", W_n, S_BHKV)
+        S_next = (gamma_end_n[..., None, None] * S_BHKV
+                  + _einsum("...ck,...cv->...kv", Kd_n, u_BHCV))
+        return S_next, (u_BHCV, S_BHKV)
+
+    final_BHKV, (u, S_N) = jax.lax.scan(step, S0_BHKV, (f.W, f.U, f.Kd, f.gamma[..., -1]))
+    o = _einsum("...ck,...kv->...cv", f.Qg, S_N) + _einsum("...ij,...jv->...iv", f.P, u)
+    return o, final_BHKV, S_N
 
 
-def _chunk_backward(f: _Factors, q, k, v, beta, S, dS_next, do):
-    """Cotangents of one chunk's inputs and entering state, given those of its outputs."""
+def _backward(f: _Factors, q, k, v, beta, S, dS_next, du, do):
+    """Cotangents of one chunk's or every chunk's inputs (leading axes broadcast), given du (of
+    u = U - W S) and dS_next (of the state leaving each chunk)."""
     delta = f.D[..., -1, :]
-    Kd = delta[..., None] * k
-    P = f.D * f.QK
-    u = f.U - _einsum("bhck,bhkv->bhcv", f.W, S)
+    u = f.U - _einsum("...ck,...kv->...cv", f.W, S)
 
-    # Through u = U - W S, O = diag(gamma) Q S + P u and S' = gamma_C S + Kd^T u.
-    du = _einsum("bhij,bhiv->bhjv", P, do) + _einsum("bhck,bhkv->bhcv", Kd, dS_next)
-    dQg = _einsum("bhcv,bhkv->bhck", do, S)
-    dS = (_einsum("bhck,bhcv->bhkv", f.gamma[..., None] * q, do)
-          + f.gamma[..., -1, None, None] * dS_next
-          - _einsum("bhck,bhcv->bhkv", f.W, du))
-    dW = -_einsum("bhcv,bhkv->bhck", du, S)
-    dP = _einsum("bhiv,bhjv->bhij", do, u)
-    dKd = _einsum("bhcv,bhkv->bhck", u, dS_next)
+    # Through u = U - W S, O = Qg S + P u and S' = gamma_C S + Kd^T u (du and dS: the scan).
+    dQg = _einsum("...cv,...kv->...ck", do, S)
+    dW = -_einsum("...cv,...kv->...ck", du, S)
+    dP = _einsum("...iv,...jv->...ij", do, u)
+    dKd = _einsum("...cv,...kv->...ck", u, dS_next)
 
     # Through P = D * QK, Qg = diag(gamma) Q, Kd = diag(D[C, :]) K.
     dPD = dP * f.D
-    dq = f.gamma[..., None] * dQg + _einsum("bhij,bhjk->bhik", dPD, k)
-    dk = _einsum("bhij,bhik->bhjk", dPD, q) + delta[..., None] * dKd
+    dq = f.gamma[..., None] * dQg + _einsum("...ij,...jk->...ik", dPD, k)
+    dk = _einsum("...ij,...ik->...jk", dPD, q) + delta[..., None] * dKd
     dD = dP * f.QK
     dgamma = jnp.sum(q * dQg, -1)
     dgamma = dgamma.at[..., -1].add(jnp.sum(S * dS_next, axis=(-2, -1)))
     dD = dD.at[..., -1, :].add(jnp.sum(k * dKd, -1))
 
     # Through W = A^-1 X, U = A^-1 Y with X = diag(beta gamma) K, Y = diag(beta) V.
-    dX = _einsum("bhji,bhjk->bhik", f.T, dW)
-    dY = _einsum("bhji,bhjv->bhiv", f.T, du)
-    dA = -(_einsum("bhik,bhjk->bhij", dX, f.W) + _einsum("bhiv,bhjv->bhij", dY, f.U))
+    dX = _einsum("...ji,...jk->...ik", f.T, dW)
+    dY = _einsum("...ji,...jv->...iv", f.T, du)
+    dA = -(_einsum("...ik,...jk->...ij", dX, f.W) + _einsum("...iv,...jv->...ij", dY, f.U))
     k_dX = jnp.sum(k * dX, -1)
     dk = dk + (beta * f.gamma)[..., None] * dX
     dv = beta[..., None] * dY
@@ -196,47 +225,83 @@ def _chunk_backward(f: _Factors, q, k, v, beta, S, dS_next, do):
     L = jnp.tril(f.D, -1)
     dbeta = dbeta + jnp.sum(dA * L * f.KK, -1)
     dKK = beta[..., :, None] * dA * L
-    dk = dk + _einsum("bhij,bhjk->bhik", dKK, k) + _einsum("bhji,bhjk->bhik", dKK, k)
+    dk = dk + _einsum("...ij,...jk->...ik", dKK, k) + _einsum("...ji,...jk->...ik", dKK, k)
     dD = dD + jnp.tril(beta[..., :, None] * dA * f.KK, -1)
 
     # Through D_ij = exp(G_i - G_j) and gamma_i = exp(G_i), each on its support.
     E = dD * f.D
     dG = jnp.sum(E, -1) - jnp.sum(E, -2) + dgamma * f.gamma
-    return dS, (dq, dk, dv, dbeta, dG)
+    return dq, dk, dv, dbeta, dG
 
 
-def _forward_scan(q, k, v, beta, G, seg_NBC, seg_prev_NB, S0_BHKV):
+def _make_chunked(forward, backward):
+    """The custom VJP of one layout: forward(chunks..., S0) -> (o, final, S entering each
+    chunk); backward(residuals, cotangents) -> the inputs' cotangents."""
+    @jax.custom_vjp
+    def chunked(q, k, v, beta, G, seg_NBC, seg_prev_NB, S0_BHKV):
+        o, final_BHKV, _ = forward(q, k, v, beta, G, seg_NBC, seg_prev_NB, S0_BHKV)
+        return o, final_BHKV
+
+    def chunked_fwd(q, k, v, beta, G, seg_NBC, seg_prev_NB, S0_BHKV):
+        o, final_BHKV, S_NBHKV = forward(q, k, v, beta, G, seg_NBC, seg_prev_NB, S0_BHKV)
+        # S_NBHKV[n], the state entering chunk n, is the only per-chunk residual: the factors
+        # are recomputed in the backward rather than kept.
+        return (o, final_BHKV), (q, k, v, beta, G, seg_NBC, seg_prev_NB, S_NBHKV)
+
+    chunked.defvjp(chunked_fwd, backward)
+    return chunked
+
+
+def _batched_backward(residuals, cotangents):
+    q, k, v, beta, G, seg, segp, S_N = residuals
+    do, dfinal_BHKV = cotangents
+    f = _factors(q, k, v, beta, G, seg, segp)
+    # du = P^T dO + Kd dS' and dS = Qg^T dO + gamma_C dS' - W^T du: the dO parts batched, the
+    # dS' parts chunk by chunk from the last.
+    du_from_o = _einsum("...ij,...iv->...jv", f.P, do)
+    dS_from_o = _einsum("...ck,...cv->...kv", f.Qg, do)
+
+    def step(dS_next, chunk):
+        du_from_o_n, dS_from_o_n, Kd_n, W_n, gamma_end_n = chunk
+        du_BHCV = du_from_o_n + _einsum("...ck,...kv->...cv", Kd_n, dS_next)
+        dS = (dS_from_o_n + gamma_end_n[..., None, None] * dS_next
+              - _einsum("...ck,...cv->...kv", W_n, du_BHCV))
+        return dS, (du_BHCV, dS_next)
+
+    dS0_BHKV, (du, dS_next_N) = jax.lax.scan(
+        step, dfinal_BHKV, (du_from_o, dS_from_o, f.Kd, f.W, f.gamma[..., -1]), reverse=True)
+    dq, dk, dv, dbeta, dG = _backward(f, q, k, v, beta, S_N, dS_next_N, du, do)
+    return dq, dk, dv, dbeta, dG, None, None, dS0_BHKV
+
+
+def _scanned_forward(q, k, v, beta, G, seg_NBC, seg_prev_NB, S0_BHKV):
+    """(o, final state, the state entering each chunk), one chunk's factors a scan step."""
     def step(S_BHKV, chunk):
-        q_n, k_n, v_n, beta_n, G_n, seg_n, seg_prev_n = chunk
-        f = _factors(q_n, k_n, v_n, beta_n, G_n, seg_n, seg_prev_n)
-        o_n, S_next = _chunk_forward(f, q_n, k_n, S_BHKV)
-        return S_next, (o_n, S_BHKV)
+        f = _factors(*chunk)
+        u_BHCV = f.U - _einsum("...ck,...kv->...cv", f.W, S_BHKV)
+        o_BHCV = (_einsum("...ck,...kv->...cv", f.Qg, S_BHKV)
+                  + _einsum("...ij,...jv->...iv", f.P, u_BHCV))
+        S_next = (f.gamma[..., -1, None, None] * S_BHKV
+                  + _einsum("...ck,...cv->...kv", f.Kd, u_BHCV))
+        return S_next, (o_BHCV, S_BHKV)
 
-    final_BHKV, (o_NBHCV, S_NBHKV) = jax.lax.scan(
+    final_BHKV, (o, S_NBHKV) = jax.lax.scan(
         step, S0_BHKV, (q, k, v, beta, G, seg_NBC, seg_prev_NB))
-    return o_NBHCV, final_BHKV, S_NBHKV
+    return o, final_BHKV, S_NBHKV
 
 
-@jax.custom_vjp
-def _chunked(q, k, v, beta, G, seg_NBC, seg_prev_NB, S0_BHKV):
-    o_NBHCV, final_BHKV, _ = _forward_scan(q, k, v, beta, G, seg_NBC, seg_prev_NB, S0_BHKV)
-    return o_NBHCV, final_BHKV
-
-
-def _chunked_fwd(q, k, v, beta, G, seg_NBC, seg_prev_NB, S0_BHKV):
-    o_NBHCV, final_BHKV, S_NBHKV = _forward_scan(q, k, v, beta, G, seg_NBC, seg_prev_NB, S0_BHKV)
-    # S_NBHKV[n] is the state entering chunk n: the only per-chunk residual.
-    return (o_NBHCV, final_BHKV), (q, k, v, beta, G, seg_NBC, seg_prev_NB, S_NBHKV)
-
-
-def _chunked_bwd(residuals, cotangents):
+def _scanned_backward(residuals, cotangents):
     q, k, v, beta, G, seg_NBC, seg_prev_NB, S_NBHKV = residuals
     do_NBHCV, dfinal_BHKV = cotangents
 
     def step(dS_next, chunk):
-        q_n, k_n, v_n, beta_n, G_n, seg_n, seg_prev_n, S_n, do_n = chunk
-        f = _factors(q_n, k_n, v_n, beta_n, G_n, seg_n, seg_prev_n)
-        return _chunk_backward(f, q_n, k_n, v_n, beta_n, S_n, dS_next, do_n)
+        q, k, v, beta, G, seg, seg_prev, S, do = chunk
+        f = _factors(q, k, v, beta, G, seg, seg_prev)
+        du = (_einsum("...ij,...iv->...jv", f.P, do)
+              + _einsum("...ck,...kv->...cv", f.Kd, dS_next))
+        dS = (_einsum("...ck,...cv->...kv", f.Qg, do) + f.gamma[..., -1, None, None] * dS_next
+              - _einsum("...ck,...cv->...kv", f.W, du))
+        return dS, _backward(f, q, k, v, beta, S, dS_next, du, do)
 
     dS0_BHKV, (dq, dk, dv, dbeta, dG) = jax.lax.scan(
         step, dfinal_BHKV, (q, k, v, beta, G, seg_NBC, seg_prev_NB, S_NBHKV, do_NBHCV),
@@ -244,4 +309,5 @@ def _chunked_bwd(residuals, cotangents):
     return dq, dk, dv, dbeta, dG, None, None, dS0_BHKV
 
 
-_chunked.defvjp(_chunked_fwd, _chunked_bwd)
+_chunked_batched = _make_chunked(_batched_forward, _batched_backward)
+_chunked_scanned = _make_chunked(_scanned_forward, _scanned_backward)

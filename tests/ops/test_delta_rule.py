@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from deltajax.ops import delta_rule
+from deltajax.ops.chunked import delta_rule_chunked
 from tests.numerics import relative_error
 from tests.ops.cases import Case, cotangents, make_inputs
 from tests.ops.reference import delta_rule_reference, delta_rule_reference_jax
@@ -102,6 +103,27 @@ def test_bfloat16_inputs_keep_float32_state(backend):
     assert all(g.dtype == jnp.bfloat16 for g in grads.values())
     assert relative_error(o, o_ref) < 2e-2
     assert relative_error(final_state, final_ref) < 2e-2
+
+
+@pytest.mark.parametrize("batched", [True, False], ids=["batched", "scanned"])
+def test_both_chunked_layouts_match_float64_reference(batched):
+    # The op picks the layout by size (these shapes: batched); each is checked here.
+    case = CASES[-1]
+    arrays, _, segment_ids = rounded_inputs(case, jnp.float32)
+    do, dfinal = cotangents(case)
+
+    @jax.jit
+    def forward_and_vjp(arrays):
+        def op(arrays):
+            names = dict(gate="gate_BTH", initial_state="initial_state_BHKV")
+            return delta_rule_chunked(
+                arrays["q"], arrays["k"], arrays["v"], arrays["beta"],
+                **{names[n]: arrays[n] for n in names}, segment_ids_BT=segment_ids,
+                scale=case.K ** -0.5, chunk_size=case.chunk_size, batched=batched)
+        (o, final_state), vjp = jax.vjp(op, arrays)
+        return o, final_state, vjp((jnp.asarray(do, jnp.float32), jnp.asarray(dfinal)))[0]
+
+    assert_matches_float64_reference(case, *forward_and_vjp(arrays))
 
 
 def test_auto_backend_matches_reference_for_training_and_decoding():
