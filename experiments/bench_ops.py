@@ -1,6 +1,6 @@
 """Times backends of delta_rule over a grid of shapes and writes a Markdown table.
 
-    python experiments/bench_ops.py --preset=issue18  # K in {64, 128}, gated and not, T 1k-16k
+    python experiments/bench_ops.py --preset=grid     # K in {64, 128}, gated and not, T 1k-16k
     python experiments/bench_ops.py --preset=full     # K=64, T=256..16384, recurrent and chunked
     python experiments/bench_ops.py --preset=small    # `make bench-ops` (runs/bench_ops/)
 
@@ -33,14 +33,17 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _RESULTS = os.path.join(REPO, "benchmarks", "results")
 PRESETS = {
     "small": dict(seq_lens=(256, 1024, 4096), head_dims=(64,), gated=(False,),
-                  backends=("recurrent", "chunked"), repeats=3, out_dir="runs/bench_ops"),
+                  backends=("recurrent", "chunked"), repeats=3, out_dir="runs/bench_ops",
+                  table="ops"),
     "full": dict(seq_lens=(256, 512, 1024, 2048, 4096, 8192, 16384), head_dims=(64,),
                  gated=(False,), backends=("recurrent", "chunked"), repeats=5,
-                 out_dir=_RESULTS),
+                 out_dir=_RESULTS, table="ops"),
     # Issue 18's grid. The recurrent path's gradient would need ~9 GiB at K=128, T=16384: it is
     # left out (--backends adds it back).
-    "issue18": dict(seq_lens=(1024, 4096, 16384), head_dims=(64, 128), gated=(False, True),
-                    backends=("chunked",), repeats=5, out_dir=_RESULTS),
+    # The chunked backend and both of its layouts forced (the choice between them is measured).
+    "grid": dict(seq_lens=(1024, 4096, 16384), head_dims=(64, 128), gated=(False, True),
+                 backends=("chunked", "chunked:batched", "chunked:scanned"), repeats=5,
+                 out_dir=_RESULTS, table="ops-grid"),
 }
 
 # The chunked backend's two layouts (deltajax/ops/chunked.py), timed as if they were backends:
@@ -59,6 +62,7 @@ def define_flags():
                                   f"{', '.join(map(str, p['head_dims']))}; gated="
                                   f"{'/'.join(map(str, p['gated']))}; {', '.join(p['backends'])}; "
                                   f"{p['repeats']} repeats; to {_where(p['out_dir'])}"
+                                  f"<platform>-{p['table']}.md"
                                   for name, p in PRESETS.items()))
     flags.DEFINE_list("seq_lens", None, "Overrides the preset's sequence lengths.")
     flags.DEFINE_list("head_dims", None, "Overrides the preset's head dimensions K (= V).")
@@ -75,7 +79,7 @@ def define_flags():
     flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Input dtype.")
     flags.DEFINE_integer("repeats", None, "Overrides the preset's timed rounds per cell.")
     flags.DEFINE_integer("matmul_size", 2048, "n of the reference [n, n] x [n, n] jnp.dot.")
-    flags.DEFINE_string("out", None, "Output Markdown file (default <out_dir>/<platform>-ops.md).")
+    flags.DEFINE_string("out", None, "Output Markdown file (default: the preset's).")
 
 
 def chunked_forward_flops(T: int, K: int, V: int, C: int, *, B: int = 1, H: int = 1) -> float:
@@ -274,7 +278,7 @@ def main(argv):
                 for b in (FLAGS.backends or preset["backends"])]
     repeats = FLAGS.repeats or preset["repeats"]
     platform = jax.default_backend()
-    out = FLAGS.out or os.path.join(preset["out_dir"], f"{platform}-ops.md")
+    out = FLAGS.out or os.path.join(preset["out_dir"], f"{platform}-{preset['table']}.md")
     B, H = FLAGS.batch, FLAGS.heads
     header = (f"# delta_rule backends on {platform}\n\n"
               f"{study.measured_on()} B={B}, H={H}, K=V in {{{', '.join(map(str, head_dims))}}}, "
