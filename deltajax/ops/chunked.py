@@ -17,9 +17,10 @@ Only S and its cotangent are sequential. Two layouts compute the same thing:
   and the chain through W, U, A and the masks batched after it. Memory O(T (K + V + C)).
 - scanned: each scan step computes one chunk's factors and its whole forward (or backward), so
   one chunk's intermediates are live: memory O(T (K + V) + (T / C) K V).
-Both keep only the inputs and the state entering each chunk for the backward. `_batched` picks:
-on CPU the batched layout only while one [chunks, C, max(C, K, V)] array stays small (large
-batched arrays leave the cache and run slower than the scan's), elsewhere always
+Both keep only the inputs and the state entering each chunk for the backward. `_layouts` picks
+one for a call that is only evaluated and one for a differentiated call: on CPU the scanned
+layout, except a differentiated call whose [chunks, C, max(C, K, V)] arrays stay small (large
+batched arrays leave the cache and run slower than the scan's); elsewhere the batched layout
 (deltajax/ops/README.md has the measurements).
 """
 
@@ -51,7 +52,8 @@ def delta_rule_chunked(
     """Returns (o_BTHV in the input dtype, final state_BHKV in float32).
 
     chunk_size is taken as given (delta_rule clamps it to the sequence): a chunk longer than T
-    is correct, only padded. batched: the layout (module docstring); None lets _batched pick.
+    is correct, only padded. batched: force one layout (module docstring); None lets _layouts
+    pick.
     """
     B, T, H, K = q_BTHK.shape
     V = v_BTHV.shape[-1]
@@ -87,21 +89,27 @@ def delta_rule_chunked(
     else:
         S0_BHKV = initial_state_BHKV.astype(jnp.float32)
 
-    if batched is None:
-        batched = _batched(jax.default_backend(), N * B * H * C * max(C, K, V))
-    o_NBHCV, final_BHKV = (_chunked_batched if batched else _chunked_scanned)(
+    layouts = ((batched, batched) if batched is not None
+               else _layouts(jax.default_backend(), N * B * H * C * max(C, K, V)))
+    o_NBHCV, final_BHKV = _CHUNKED[layouts](
         q_NBHCK, k_NBHCK, v_NBHCV, beta_NBHC, G_NBHC, seg_NBC, seg_prev_NB, S0_BHKV)
     o_BTHV = jnp.moveaxis(o_NBHCV, (0, 2), (1, 3)).reshape(B, N * C, H, V)[:, :T]
     return o_BTHV.astype(v_BTHV.dtype), final_BHKV
 
 
-# The CPU's batched layout: while one [chunks, C, max(C, K, V)] float32 array per batch row
-# and head is at most this many bytes in all (T = 1024 at K = 64, H = 4, B = 1).
+# The CPU's batched backward: while one [chunks, C, max(C, K, V)] float32 array over the batch
+# and heads is at most this many bytes (T = 1024 at K = 64, H = 4, B = 1).
 CPU_BATCHED_MAX_BYTES = 1 << 20
 
 
-def _batched(platform: str, array_elements: int) -> bool:
-    return platform != "cpu" or 4 * array_elements <= CPU_BATCHED_MAX_BYTES
+def _layouts(platform: str, array_elements: int) -> tuple[bool, bool]:
+    """Whether an evaluated call and a differentiated call take the batched layout, on
+    `platform` with [chunks, C, max(C, K, V)] arrays of array_elements elements. Differentiated,
+    the batched layout's forward and backward compute the same factors in one program, which
+    XLA computes once: faster, and the reason its memory is that of the stored factors."""
+    if platform != "cpu":
+        return True, True
+    return False, 4 * array_elements <= CPU_BATCHED_MAX_BYTES
 
 
 class _Factors(NamedTuple):
@@ -234,12 +242,13 @@ def _backward(f: _Factors, q, k, v, beta, S, dS_next, du, do):
     return dq, dk, dv, dbeta, dG
 
 
-def _make_chunked(forward, backward):
-    """The custom VJP of one layout: forward(chunks..., S0) -> (o, final, S entering each
-    chunk); backward(residuals, cotangents) -> the inputs' cotangents."""
+def _make_chunked(evaluated_forward, forward, backward):
+    """The custom VJP: evaluated_forward runs a call nothing differentiates; forward(chunks...,
+    S0) -> (o, final, S entering each chunk) and backward(residuals, cotangents) -> the inputs'
+    cotangents run a differentiated one."""
     @jax.custom_vjp
     def chunked(q, k, v, beta, G, seg_NBC, seg_prev_NB, S0_BHKV):
-        o, final_BHKV, _ = forward(q, k, v, beta, G, seg_NBC, seg_prev_NB, S0_BHKV)
+        o, final_BHKV, _ = evaluated_forward(q, k, v, beta, G, seg_NBC, seg_prev_NB, S0_BHKV)
         return o, final_BHKV
 
     def chunked_fwd(q, k, v, beta, G, seg_NBC, seg_prev_NB, S0_BHKV):
@@ -309,5 +318,8 @@ def _scanned_backward(residuals, cotangents):
     return dq, dk, dv, dbeta, dG, None, None, dS0_BHKV
 
 
-_chunked_batched = _make_chunked(_batched_forward, _batched_backward)
-_chunked_scanned = _make_chunked(_scanned_forward, _scanned_backward)
+_FORWARDS = {True: _batched_forward, False: _scanned_forward}
+_BACKWARDS = {True: _batched_backward, False: _scanned_backward}
+# (evaluated call batched, differentiated call batched) -> the op.
+_CHUNKED = {(e, d): _make_chunked(_FORWARDS[e], _FORWARDS[d], _BACKWARDS[d])
+            for e in (True, False) for d in (True, False)}
