@@ -18,7 +18,7 @@ def test_bench_ops_writes_a_table_with_every_cell_backend_and_the_ratio(tmp_path
     subprocess.run(
         [sys.executable, str(REPO / "experiments" / "bench_ops.py"), "--seq_lens=16",
          "--head_dims=8", "--gated=both", "--matmul_size=64",
-         "--backends=recurrent,chunked,scan_chunked_vjp,chunked:scanned",
+         "--backends=recurrent,chunked,chunked:scanned",
          "--heads=1", "--chunk_size=16", "--repeats=1", f"--out={out}"],
         check=True, cwd=REPO, capture_output=True, timeout=600)
     table = out.read_text()
@@ -26,7 +26,7 @@ def test_bench_ops_writes_a_table_with_every_cell_backend_and_the_ratio(tmp_path
     assert "Large-matmul rate of this process: " in table and "64x64 f32 jnp.dot" in table
     for K in (8,):
         for gate in ("no", "yes"):
-            for backend in ("recurrent", "chunked", "scan_chunked_vjp", "chunked:scanned"):
+            for backend in ("recurrent", "chunked", "chunked:scanned"):
                 assert f"| {K} | {gate} | 16 | {backend} |" in table
             assert f"| {K} | {gate} | 16 | " in table.split("fwd+bwd speed-up")[1]
 

@@ -15,12 +15,13 @@ from deltajax.data import IGNORE_INDEX, pack_examples
 from deltajax.models import LanguageModel, ModelConfig
 from deltajax.train import loss as loss_lib
 from deltajax.train import step
-from tests.models.test_language_model import EVERY, VOCAB, forward, model_and_params
+from tests.models.test_language_model import EVERY, TOKENS, VOCAB, forward, model_and_params
 from tests.numerics import relative_error
 
-T = 16
-# Row 0: segments of 5, 1 and 10 tokens; row 1: 9 and 7 (a start inside a chunk of 8).
-LENGTHS = ([5, 1, 10], [9, 7])
+# test_language_model's token shape, so that the unpacked calls reuse its compiled forward.
+B, T = TOKENS.shape
+# Row 0: segments of 4, 1 and 6 tokens; row 1: 5 and 6 (starts inside a chunk of 8).
+LENGTHS = ([4, 1, 6], [5, 6])
 # A gated DeltaNet with beta in [0, 2] whose layers run as one nn.scan.
 SCANNED = ModelConfig(vocab_size=VOCAB, d_model=16, num_heads=2, num_layers=2,
                       mixer="gated_deltanet", scan_layers=True,
@@ -29,7 +30,7 @@ SCANNED = ModelConfig(vocab_size=VOCAB, d_model=16, num_heads=2, num_layers=2,
 
 def packed_batch(seed=0):
     rng = np.random.default_rng(seed)
-    tokens = rng.integers(0, VOCAB, size=(len(LENGTHS), T))
+    tokens = rng.integers(0, VOCAB, size=(B, T))
     segment_ids = np.stack([np.repeat(3 * np.arange(len(lengths)) + 2, lengths)
                             for lengths in LENGTHS])
     return tokens, segment_ids
@@ -37,14 +38,15 @@ def packed_batch(seed=0):
 
 def alone_batch(tokens):
     """Each segment at the start of its own row, filler tokens after it (causality leaves the
-    segment's logits those of the segment alone), and last the first packed row unsegmented."""
+    segment's logits those of the segment alone), and last the first packed row unsegmented;
+    rows in batches of B."""
     rows = [(b, start, length) for b, lengths in enumerate(LENGTHS)
             for start, length in zip(np.cumsum([0, *lengths[:-1]]), lengths, strict=True)]
-    alone_tokens = np.full((len(rows) + 1, T), 1)
+    alone_tokens = np.full((-(-(len(rows) + 1) // B) * B, T), 1)
     for r, (b, start, length) in enumerate(rows):
         alone_tokens[r, :length] = tokens[b, start:start + length]
-    alone_tokens[-1] = tokens[0]
-    return rows, alone_tokens
+    alone_tokens[len(rows)] = tokens[0]
+    return rows, alone_tokens.reshape(-1, B, T)
 
 
 @functools.cache
@@ -64,12 +66,12 @@ def test_packed_segments_compute_what_each_computes_alone(which):
     tokens, segment_ids = packed_batch()
     logits = apply({"params": params}, tokens, segment_ids)
     rows, alone_tokens = alone_batch(tokens)
-    logits_alone = apply({"params": params}, alone_tokens)
+    logits_alone = np.concatenate([apply({"params": params}, batch) for batch in alone_tokens])
 
     for r, (b, start, length) in enumerate(rows):
         assert relative_error(logits[b, start:start + length], logits_alone[r, :length]) < 1e-5
     # Without the ids the segments see each other: the comparison can tell the difference.
-    assert relative_error(logits_alone[-1, 5:], logits[0, 5:]) > 1e-3
+    assert relative_error(logits_alone[len(rows), 4:], logits[0, 4:]) > 1e-3
 
 
 def test_bad_segment_ids_raise_naming_them():

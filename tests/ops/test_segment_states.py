@@ -80,17 +80,6 @@ def test_each_segment_starts_from_its_state_and_ends_in_its_slot():
         assert relative_error(grad, grads_ref[name]) < 1e-4, name
 
 
-def test_one_segment_per_row_is_the_plain_call():
-    arrays = inputs(seed=2)
-    ids = jnp.zeros((B, T), jnp.int32)
-    o, finals = delta_rule(**{**arrays, "initial_state": arrays["initial_state"][:, :1]},
-                           segment_ids=ids, num_segments=1, return_final_state=True)
-    o_plain, final_plain = delta_rule(**{**arrays, "initial_state": arrays["initial_state"][:, 0]},
-                                      return_final_state=True, backend="recurrent")
-    np.testing.assert_allclose(o, o_plain, rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(finals[:, 0], final_plain, rtol=1e-6, atol=1e-6)
-
-
 @pytest.mark.parametrize("bad, message", [
     (dict(backend="chunked"), r"num_segments .* backend must be 'auto' or 'recurrent'"),
     (dict(segment_ids=None), r"num_segments needs segment_ids"),
