@@ -88,6 +88,13 @@ def write_text(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
+def publish_table(path: str, table: str) -> None:
+    """A benchmark's Markdown table written whole to path (its folder made) and printed."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    write_text(path, table)
+    print("\n" + table + f"\nWritten to {path}")
+
+
 def read_json(path: str, default: Any = None) -> Any:
     if not os.path.exists(path):
         return default

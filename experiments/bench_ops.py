@@ -304,10 +304,7 @@ def main(argv):
 
     table = to_markdown(rows, header=header, dot_gflops=dot_gflops, matmul_size=n,
                         command=study.command_line("experiments.bench_ops"))
-    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-    with open(out, "w") as f:
-        f.write(table)
-    print("\n" + table + f"\nWritten to {out}")
+    study.publish_table(out, table)
 
 
 if __name__ == "__main__":

@@ -301,10 +301,7 @@ def main(argv):
 
     table = to_markdown(errors, rows, header=header, check_seq_len=FLAGS.check_seq_len,
                         command=study.command_line("experiments.bench_peers"))
-    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-    with open(out, "w") as f:
-        f.write(table)
-    print("\n" + table + f"\nWritten to {out}")
+    study.publish_table(out, table)
 
 
 if __name__ == "__main__":
