@@ -64,3 +64,12 @@ def test_items_put_the_loss_on_the_answer_only():
 def test_bad_arguments_name_themselves(kwargs, name):
     with pytest.raises(ValueError, match=name):
         modular_split(**kwargs)
+
+
+@pytest.mark.parametrize("p, train_fraction, share", [(53, 0.5, 0.490), (53, 0.3, 0.299)])
+def test_share_of_test_pairs_whose_mirror_is_in_train(p, train_fraction, share):
+    # The README's commutativity level of the grokking runs (split seed 0, as the presets).
+    train, test = modular_split(p, "+", train_fraction, seed=0)
+    seen = {(int(a), int(b)) for a, b, _ in train.arrays()["inputs"]}
+    mirrored = [(int(b), int(a)) in seen for a, b, _ in test.arrays()["inputs"]]
+    assert round(float(np.mean(mirrored)), 3) == share
