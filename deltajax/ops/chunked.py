@@ -320,6 +320,7 @@ def _scanned_backward(residuals, cotangents):
 
 _FORWARDS = {True: _batched_forward, False: _scanned_forward}
 _BACKWARDS = {True: _batched_backward, False: _scanned_backward}
-# (evaluated call batched, differentiated call batched) -> the op.
+# (evaluated call batched, differentiated call batched) -> the op; the pairs _layouts and the
+# `batched` argument give.
 _CHUNKED = {(e, d): _make_chunked(_FORWARDS[e], _FORWARDS[d], _BACKWARDS[d])
-            for e in (True, False) for d in (True, False)}
+            for e, d in ((True, True), (False, False), (False, True))}

@@ -11,7 +11,7 @@ from deltajax.ops import checks
 from deltajax.ops.backend import Backend, Resolved, check_chunk_size, parse_backend, resolve
 from deltajax.ops.chunked import delta_rule_chunked
 from deltajax.ops.recurrent import delta_rule_recurrent
-from deltajax.ops.segments import segment_index
+from deltajax.ops.segments import check_segment_ids, segment_index
 
 # The values `backend` accepts, for callers that validated strings before Backend existed.
 BACKENDS = tuple(b.value for b in Backend)
@@ -230,11 +230,8 @@ def _check_values(beta, gate, segment_ids, num_segments) -> Optional[jax.Array]:
         elif not np.all(ok := in_domain[name](values)):
             raise ValueError(f"{messages[name]}, got {checks.first(values, ~ok)}")
     if segment_ids is not None:
+        flags.append(check_segment_ids(segment_ids, segment_ids.shape))
         values = checks.concrete(segment_ids)
-        if values is None:
-            flags.append(jnp.any(segment_ids[:, 1:] < segment_ids[:, :-1]))
-        elif np.any(np.diff(values, axis=1) < 0):
-            raise ValueError("segment_ids must be non-decreasing along time")
         if num_segments is not None:
             # Segments past num_segments would have no state slot.
             if values is None:
