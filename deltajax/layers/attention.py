@@ -1,6 +1,6 @@
-"""Causal softmax attention with RoPE, global or sliding-window, optionally after short
-convolutions on q, k and v, with a KV cache for decoding (a ring buffer of the window's size
-for sliding-window attention)."""
+"""Causal softmax attention with RoPE (or without: use_rope=False), global or sliding-window,
+optionally after short convolutions on q, k and v, with a KV cache for decoding (a ring buffer
+of the window's size for sliding-window attention)."""
 
 from typing import Any, Optional
 
@@ -25,6 +25,7 @@ class Attention(nn.Module):
     head_dim: Optional[int] = None
     window_size: Optional[int] = None
     rope_theta: float = 10000.0
+    use_rope: bool = True  # False: no rotation (positions come from elsewhere, or none: NoPE)
     conv_size: Optional[int] = None
     dtype: Any = jnp.float32
 
@@ -52,6 +53,8 @@ class Attention(nn.Module):
             qkv, tails = conv_qkv((self.q_conv, self.k_conv, self.v_conv), qkv, cache,
                                   segment_ids_BT)
         q, k, v = (y.reshape(B, T, self.num_heads, self.key_dim) for y in qkv)
+        if not self.use_rope:
+            return q, k, v, tails
         return rope(q, positions, self.rope_theta), rope(k, positions, self.rope_theta), v, tails
 
     def __call__(self, x_BTD: jax.Array, segment_ids_BT: Optional[jax.Array] = None

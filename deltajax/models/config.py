@@ -96,12 +96,16 @@ class LinearAttentionOptions:
 class AttentionOptions:
     window_size: int = 64                  # "swa": the tokens each position attends to
     rope_theta: float = 10000.0
+    # False: no rotary embedding; with ModelConfig.position_embedding the learned absolute
+    # positions of the original transformer (Nanda's and Power's grokking models) stand in.
+    rope: bool = True
     # None: plain attention. A size: q, k and v first pass through the DeltaNet family's short
     # causal convolutions (with SiLU), as in Zoology's newer MQAR attention configs.
     conv_size: Optional[int] = None
 
     def __post_init__(self):
         _check_positive_int(self.window_size, "ModelConfig.attention.window_size")
+        _check_bool(self.rope, "ModelConfig.attention.rope")
         if self.conv_size is not None:
             _check_positive_int(self.conv_size, "ModelConfig.attention.conv_size")
         if (isinstance(self.rope_theta, bool) or not isinstance(self.rope_theta, (int, float))
@@ -155,6 +159,12 @@ class ModelConfig:
     expand_v: float = 1
     num_v_heads: Optional[int] = None
     init: str = "lecun"                           # one of INITS
+    # Learned absolute positions added to the token embeddings, for sequences up to this many
+    # tokens (None: none; attention then has RoPE unless attention.rope is False).
+    position_embedding: Optional[int] = None
+    # The token (and position) embeddings' N(0, std) draw: 0.02 as GPT-2 and FLA; Nanda's
+    # grokking model draws 1 / sqrt(d_model).
+    embed_init_std: float = 0.02
     remat: Optional[str] = None                   # a REMAT_POLICIES name: recompute in backward
     scan_layers: bool = False                     # nn.scan over the blocks (one mixer for all)
     # Option groups (None: the mixers' defaults), each read by the mixers named after it.
@@ -191,6 +201,12 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.remat must be one of {tuple(REMAT_POLICIES)} or None, "
                              f"got {self.remat!r}")
         _check_bool(self.scan_layers, "ModelConfig.scan_layers")
+        if self.position_embedding is not None:
+            _check_positive_int(self.position_embedding, "ModelConfig.position_embedding")
+        if (isinstance(self.embed_init_std, bool)
+                or not isinstance(self.embed_init_std, (int, float)) or self.embed_init_std <= 0):
+            raise ValueError(f"ModelConfig.embed_init_std must be a positive number, "
+                             f"got {self.embed_init_std!r}")
         if self.scan_layers and len(set(self.mixers)) > 1:
             raise ValueError(f"ModelConfig.scan_layers needs one mixer in every layer (nn.scan "
                              f"repeats one block), got layer_mixers={self.layer_mixers}")
@@ -200,7 +216,8 @@ class ModelConfig:
             if getattr(self, group) is not None and not set(users) & set(self.mixers):
                 raise ValueError(f"ModelConfig.{group} is set but no layer is a "
                                  f"{' or '.join(map(repr, users))} mixer")
-        uses_rope = any(name in ("attention", "swa") for name in self.mixers)
+        uses_rope = (any(name in ("attention", "swa") for name in self.mixers)
+                     and self.options("attention").rope)
         if uses_rope and (self.d_model // self.num_heads) % 2:
             raise ValueError(f"attention mixers need an even head dim (RoPE), got "
                              f"d_model / num_heads = {self.d_model // self.num_heads}")

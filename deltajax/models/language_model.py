@@ -19,7 +19,7 @@ from deltajax.models.config import REMAT_POLICIES, ModelConfig
 from deltajax.models.mixers import build_mixer
 from deltajax.ops import checks
 from deltajax.ops.attention import check_cache_positions
-from deltajax.ops.segments import check_segment_ids
+from deltajax.ops.segments import check_segment_ids, segment_positions
 
 
 def _norm(config: ModelConfig):
@@ -136,8 +136,12 @@ class LanguageModel(nn.Module):
 
     def setup(self):
         c = self.config
-        self.embed = nn.Embed(c.vocab_size, c.d_model, embedding_init=nn.initializers.normal(0.02),
+        embedding_init = nn.initializers.normal(c.embed_init_std)
+        self.embed = nn.Embed(c.vocab_size, c.d_model, embedding_init=embedding_init,
                               dtype=c.jnp_dtype)
+        if c.position_embedding is not None:
+            self.pos_embed = nn.Embed(c.position_embedding, c.d_model,
+                                      embedding_init=embedding_init, dtype=c.jnp_dtype)
         self.blocks = _blocks(c)
         self.final_norm = _norm(c)
         if not c.tie_embeddings:
@@ -157,7 +161,7 @@ class LanguageModel(nn.Module):
         if segment_ids_BT is not None:
             invalid = checks.any_invalid([invalid, check_segment_ids(
                 segment_ids_BT, tokens_BT.shape, "segment_ids_BT")])
-        x_BTD = self.embed(tokens_BT)
+        x_BTD = self._embed_positions(self.embed(tokens_BT), segment_ids_BT)
         if self.config.scan_layers:
             # One in_axes serves both of nn.scan's methods and extend scans its cache, so the
             # ids go in scanned too, one copy per layer.
@@ -168,6 +172,19 @@ class LanguageModel(nn.Module):
             for block in self.blocks:
                 x_BTD = block(x_BTD, segment_ids_BT)
         return checks.poison(invalid, self._logits(x_BTD))
+
+    def _embed_positions(self, x_BTD, segment_ids_BT):
+        """x_BTD plus the learned position embeddings (counted from each segment's start)."""
+        limit = self.config.position_embedding
+        if limit is None:
+            return x_BTD
+        T = x_BTD.shape[1]
+        if T > limit:
+            raise ValueError(f"tokens_BT has {T} positions but ModelConfig.position_embedding="
+                             f"{limit} learned ones")
+        positions_BT = (jnp.arange(T)[None] if segment_ids_BT is None
+                        else segment_positions(segment_ids_BT))
+        return x_BTD + self.pos_embed(positions_BT)
 
     @nn.nowrap
     def init(self, rngs, *args, **kwargs):
@@ -183,6 +200,10 @@ class LanguageModel(nn.Module):
         return self._extend(tokens_BT, cache, "tokens_BT")
 
     def _extend(self, tokens_BT, cache, name):
+        if self.config.position_embedding is not None:
+            # The per-layer caches hold no position to look the embedding up at.
+            raise ValueError("decoding (extend, decode_step, generate) is not built for learned "
+                             "positions: ModelConfig.position_embedding must be None")
         invalid = check_tokens(tokens_BT, self.config.vocab_size, name)
         x_BTD = self.embed(tokens_BT)
         if self.config.scan_layers:

@@ -45,7 +45,8 @@ def _linear(c):
 
 def _attention(c):
     options = c.options("attention")
-    return dict(**_base(c), rope_theta=options.rope_theta, conv_size=options.conv_size)
+    return dict(**_base(c), rope_theta=options.rope_theta, use_rope=options.rope,
+                conv_size=options.conv_size)
 
 
 def _swa(c):

@@ -56,7 +56,8 @@ def test_defaults_keep_swiglu_and_rmsnorm():
 
 
 @pytest.mark.parametrize("field, value", [("mlp", "gelu"), ("norm", "layernorm"),
-                                          ("mlp_hidden_dim", 0)])
+                                          ("mlp_hidden_dim", 0), ("position_embedding", 0),
+                                          ("embed_init_std", 0.0), ("embed_init_std", True)])
 def test_bad_options_name_the_field(field, value):
     with pytest.raises(ValueError, match=f"ModelConfig.{field}"):
         ModelConfig(vocab_size=10, d_model=16, num_heads=2, **{field: value})
@@ -144,12 +145,59 @@ def test_a_group_no_layer_reads_is_rejected(mixer, group):
     ("linear_attention", dict(backend="chunked"), "linear_attention.backend"),
     ("attention", dict(window_size=0), "attention.window_size"),
     ("attention", dict(rope_theta=-1.0), "attention.rope_theta"),
+    ("attention", dict(rope=0), "attention.rope"),
     ("attention", dict(conv_size=0), "attention.conv_size"),
     ("attention", 64, "attention"),
 ])
 def test_bad_group_options_name_the_field(group, options, field):
     with pytest.raises(ValueError, match=f"ModelConfig.{field}"):
         ModelConfig(**EVERY_MIXER, **{group: options})
+
+
+# Nanda's grokking transformer: learned absolute positions, no RoPE, embeddings N(0, 1/d).
+LEARNED_POSITIONS = dict(vocab_size=10, d_model=16, num_layers=1, num_heads=2, mixer="attention",
+                         mlp="relu", norm=None, position_embedding=4, embed_init_std=0.25,
+                         attention=dict(rope=False))
+_learned_positions = functools.cache(lambda: _init(ModelConfig(**LEARNED_POSITIONS)))
+
+
+def test_learned_positions_are_drawn_at_the_given_scale_and_move_the_logits():
+    apply, params, _ = _learned_positions()
+    assert params["pos_embed"]["embedding"].shape == (4, 16)
+    for table in (params["embed"]["embedding"], params["pos_embed"]["embedding"]):
+        assert 0.18 < float(jnp.std(table)) < 0.32  # 0.25 from 64-160 draws, not FLA's 0.02
+    # One token three times: only the positions tell the rows apart.
+    same = jnp.full((1, 3), 7, jnp.int32)
+    logits = apply({"params": params}, same)[0]
+    assert not jnp.allclose(logits[1], logits[2], atol=1e-4)
+    no_positions = {**params, "pos_embed": {"embedding": jnp.zeros((4, 16))}}
+    plain = apply({"params": no_positions}, same)[0]
+    np.testing.assert_allclose(plain[1], plain[2], rtol=1e-5, atol=1e-6)
+
+
+def test_without_rope_or_positions_attention_ignores_the_order_of_the_past():
+    config = ModelConfig(**{**LEARNED_POSITIONS, "position_embedding": None})
+    apply, params, _ = _init(config)
+    last = lambda tokens: apply({"params": params}, jnp.array([tokens]))[0, -1]
+    np.testing.assert_allclose(last([1, 2, 3, 9]), last([3, 1, 2, 9]), rtol=1e-5, atol=1e-6)
+    with_rope = ModelConfig(**{**LEARNED_POSITIONS, "position_embedding": None,
+                               "attention": None})
+    rotated = lambda tokens: jax.jit(LanguageModel(with_rope).apply)(
+        {"params": params}, jnp.array([tokens]))[0, -1]
+    assert not jnp.allclose(rotated([1, 2, 3, 9]), rotated([3, 1, 2, 9]), atol=1e-5)
+
+
+def test_learned_positions_restart_per_segment_and_refuse_what_they_cannot_do():
+    model = LanguageModel(ModelConfig(**LEARNED_POSITIONS))
+    apply, params, _ = _learned_positions()
+    packed = apply({"params": params}, jnp.array([[4, 5, 6, 4]]), jnp.array([[0, 0, 0, 1]]))
+    alone = apply({"params": params}, jnp.array([[4]]))
+    np.testing.assert_allclose(packed[0, 3], alone[0, 0], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="ModelConfig.position_embedding=4"):
+        model.apply({"params": params}, jnp.zeros((1, 5), jnp.int32))
+    with pytest.raises(ValueError, match="position_embedding must be None"):
+        model.apply({"params": params}, jnp.zeros((1, 1), jnp.int32), model.init_cache(1, 4),
+                    method=model.extend)
 
 
 GATED_PRODUCT = ModelConfig(vocab_size=10, d_model=16, num_heads=2, num_layers=1,
