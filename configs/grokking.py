@@ -23,12 +23,27 @@ SWEEPS = {
     "mixer": "attention, deltanet, gated_deltanet",
     "weight_decay": "0, 0.1, 1",
     "train_fraction": "0.3, 0.5",
+    "delta": "what a delta-rule model needs to grok: DELTA_VARIANTS, 4000 steps each",
 }
 # A mixer -> its model fields. Sequences are 3 tokens: a delta-rule chunk of 4 wastes little.
+# The delta-rule mixers read no attention options (a preset may set them for attention).
 MIXERS = {
     "attention": dict(mixer="attention"),
-    "deltanet": dict(mixer="deltanet", delta_rule=dict(chunk_size=4)),
-    "gated_deltanet": dict(mixer="gated_deltanet", delta_rule=dict(chunk_size=4)),
+    "deltanet": dict(mixer="deltanet", delta_rule=dict(chunk_size=4), attention=None),
+    "gated_deltanet": dict(mixer="gated_deltanet", delta_rule=dict(chunk_size=4), attention=None),
+}
+# The `delta` sweep: one factor changed from the preset's recipe per run, every run with the same
+# step cap (DELTA_STEPS), chosen before any of them ran. name -> (mixer, overrides).
+DELTA_STEPS = 4000
+DELTA_VARIANTS = {
+    "attention": ("attention", {}),                  # the reference, same budget
+    "deltanet": ("deltanet", {}),                    # longer training alone (2x the mixer sweep)
+    "deltanet-lr3e-3": ("deltanet", dict(train=dict(optimizer=dict(learning_rate=3e-3)))),
+    # FLA leaves norm scales and the decay's A_log and dt_bias out of weight decay.
+    "gated_deltanet-fla_wd": ("gated_deltanet", dict(train=dict(optimizer=dict(
+        no_decay_names=("scale", "A_log", "dt_bias"))))),
+    "deltanet-neg": ("deltanet", dict(model=dict(delta_rule=dict(allow_neg_eigval=True)))),
+    "deltanet-1head": ("deltanet", dict(model=dict(num_heads=1))),
 }
 
 
@@ -40,12 +55,20 @@ def get_config(arg: str = "nanda") -> ml_collections.ConfigDict:
     c = _nanda()
     c.preset = arg
     sweeps = dict(weight_decay=(0.0, 0.1, 1.0), train_fraction=(0.3, 0.5),
-                  mixer=("attention", "deltanet", "gated_deltanet"))
+                  mixer=("attention", "deltanet", "gated_deltanet"), delta=tuple(DELTA_VARIANTS))
+    if preset in ("nanda", "power"):
+        # The authors' positional scheme: learned absolute positions, no RoPE (the `cpu` preset
+        # keeps RoPE and the 0.02 embedding draw its committed tables were made with).
+        c.model.update(position_embedding=3, attention=dict(rope=False))
+    if preset == "nanda":
+        c.model.embed_init_std = 128 ** -0.5  # Nanda's W_E, W_pos: randn / sqrt(d_model)
     if preset == "cpu":
         # Nanda's recipe (optimizer, model) on a smaller table: ~0.3 s per full-batch step here.
         c.task.update(p=53, train_fraction=0.5, eval_every=50, segment_steps=500,
                       stop_after_grok=250)
         c.train.num_steps = 2000      # the cap: what the shared CPU affords per run
+        if sweep_name == "delta":
+            c.train.num_steps = DELTA_STEPS
     elif preset == "power":
         c.task.update(p=97, operation="/", train_fraction=0.5, eval_every=500,
                       segment_steps=5000, stop_after_grok=5000)
@@ -60,7 +83,7 @@ def get_config(arg: str = "nanda") -> ml_collections.ConfigDict:
         c.train.logging.every_steps = 2
         c.model.update(d_model=16, num_heads=2, mlp_hidden_dim=32)
         sweeps = dict(weight_decay=(0.0, 1.0), train_fraction=(0.5,),
-                      mixer=("attention", "deltanet"))
+                      mixer=("attention", "deltanet"), delta=("deltanet-neg",))
     if sweep_name and sweep_name not in sweeps:
         raise ValueError(f"configs/grokking.py sweep must be one of {tuple(sweeps)}, got "
                          f"{sweep_name!r}")
@@ -82,11 +105,13 @@ def _nanda() -> ml_collections.ConfigDict:
         # The whole table is read every step: held in memory it costs 0.4 ms a batch, not
         # grain's ~80 ms (deltajax/data/in_memory.py; same batches and resume position).
         data=dict(shuffle=False, in_memory=True, prefetch_threads=1, prefetch_buffer=2)))
-    # The residual stream has no LayerNorm and a ReLU MLP; RoPE stands in for learned positions.
+    # The residual stream has no LayerNorm and a ReLU MLP. Positions: RoPE and the 0.02
+    # embedding draw here; the nanda and power presets set the authors' (learned positions).
     # The vocabulary is task.p + 1 (the residues and '=').
     c.model = ml_collections.ConfigDict(dict(
         d_model=128, num_layers=1, num_heads=4, mixer="attention", mlp="relu",
-        mlp_hidden_dim=512, norm=None, tie_embeddings=False, delta_rule=None))
+        mlp_hidden_dim=512, norm=None, tie_embeddings=False, delta_rule=None, attention=None,
+        position_embedding=None, embed_init_std=0.02))
     c.task = ml_collections.ConfigDict(dict(
         p=113, operation="+", train_fraction=0.3, split_seed=0,
         eval_every=100,               # checkpoint interval; test metrics and weight norm are
@@ -104,7 +129,11 @@ def sweep(c, name: str, values) -> list:
         return [_run(c, c.model.mixer, c.task.train_fraction, c.train.optimizer.weight_decay)]
     runs = []
     for value in values:
-        if name == "mixer":
+        if name == "delta":
+            mixer, overrides = DELTA_VARIANTS[value]
+            runs.append(_run(c, mixer, c.task.train_fraction, c.train.optimizer.weight_decay,
+                             variant=value, overrides=overrides))
+        elif name == "mixer":
             runs.append(_run(c, value, c.task.train_fraction, c.train.optimizer.weight_decay))
         elif name == "weight_decay":
             runs.append(_run(c, c.model.mixer, c.task.train_fraction, float(value)))
@@ -113,9 +142,17 @@ def sweep(c, name: str, values) -> list:
     return runs
 
 
-def _run(c, mixer: str, train_fraction: float, weight_decay: float) -> dict:
-    """Names the swept values, e.g. attention-p113-add-f0.3-wd1."""
+def _run(c, mixer: str, train_fraction: float, weight_decay: float, variant: str = "",
+         overrides: dict = None) -> dict:
+    """Names the swept values, e.g. attention-p113-add-f0.3-wd1 (a `delta` variant's name
+    first: deltanet-lr3e-3-p53-add-f0.5-wd1)."""
     op = {"+": "add", "-": "sub", "/": "div"}.get(c.task.operation, "poly")
-    name = run_id(mixer, f"p{c.task.p}", op, f=train_fraction, wd=weight_decay)
-    return named_run(name, model=MIXERS[mixer], task=dict(train_fraction=train_fraction),
-                     train=dict(optimizer=dict(weight_decay=weight_decay)))
+    name = run_id(variant or mixer, f"p{c.task.p}", op, f=train_fraction, wd=weight_decay)
+    overrides = overrides or {}
+    model = {**MIXERS[mixer], **overrides.get("model", {})}
+    if "delta_rule" in overrides.get("model", {}):
+        model["delta_rule"] = {**MIXERS[mixer]["delta_rule"], **overrides["model"]["delta_rule"]}
+    optimizer = {"weight_decay": weight_decay,
+                 **overrides.get("train", {}).get("optimizer", {})}
+    return named_run(name, model=model, task=dict(train_fraction=train_fraction),
+                     train=dict(optimizer=optimizer))

@@ -11,6 +11,7 @@ import pytest
 from configs.grokking import get_config
 from deltajax import study
 from deltajax.analysis import first_step_above, fourier_spectrum, top_frequencies
+from deltajax.models import ModelConfig
 from experiments import grokking_modular as gm
 
 
@@ -69,8 +70,46 @@ def test_sweeps_change_only_the_swept_field():
     mixers = get_config("cpu,mixer")
     assert [study.run_config(mixers, r).model.mixer for r in mixers.sweep] == [
         "attention", "deltanet", "gated_deltanet"]
-    for preset in ("nanda", "cpu,mixer", "power,train_fraction", "smoke,weight_decay"):
+    for preset in ("nanda", "cpu,mixer", "power,train_fraction", "smoke,weight_decay",
+                   "cpu,delta", "nanda,mixer"):
         study.check_config(get_config(preset), "grokking")
+
+
+def _differences(a, b, path=""):
+    """The dotted paths at which two nested dicts differ."""
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+        return [] if a == b else [path]
+    return [d for key in sorted(set(a) | set(b))
+            for d in _differences(a.get(key), b.get(key), f"{path}.{key}".lstrip("."))]
+
+
+def test_delta_sweep_changes_one_factor_per_run_and_builds_every_model():
+    config = get_config("cpu,delta")
+    runs = {r["name"].split("-p53")[0]: study.run_config(config, r).to_dict()
+            for r in config.sweep}
+    base = runs["deltanet"]
+    assert base["train"]["num_steps"] == 4000 and base["model"]["mixer"] == "deltanet"
+    changed = {name: [d for d in _differences(base, run) if d != "name"]
+               for name, run in runs.items()}
+    assert changed["deltanet-lr3e-3"] == ["train.optimizer.learning_rate"]
+    assert changed["deltanet-neg"] == ["model.delta_rule.allow_neg_eigval"]
+    assert changed["deltanet-1head"] == ["model.num_heads"]
+    assert set(changed["gated_deltanet-fla_wd"]) == {"model.mixer",
+                                                     "train.optimizer.no_decay_names"}
+    for run in runs.values():
+        ModelConfig(vocab_size=54, **run["model"])
+
+
+def test_nanda_and_power_presets_use_the_authors_learned_positions():
+    nanda = study.run_config(get_config("nanda"), get_config("nanda").sweep[0]).model
+    assert nanda.position_embedding == 3 and not nanda.attention.rope
+    assert abs(nanda.embed_init_std - 128 ** -0.5) < 1e-9
+    power = get_config("power").model
+    assert power.position_embedding == 3 and not power.attention.rope
+    assert get_config("cpu").model.position_embedding is None  # its tables used RoPE
+    for run in get_config("nanda,mixer").sweep[1:]:  # the delta-rule mixers read no RoPE field
+        ModelConfig(vocab_size=114, **study.run_config(get_config("nanda,mixer"),
+                                                        run).model.to_dict())
 
 
 def test_smoke_study_resumes_its_run_and_writes_table_figure_config_and_events(
