@@ -13,8 +13,8 @@ from deltajax.study import named_run, run_id
 
 # A preset -> one line for --help.
 PRESETS = {
-    "kumar": "Kumar et al.: D=100, P=550 train / 1000 test, N=500, lr 20 N/alpha^2, 110k GD steps; "
-             "alpha 1/4-64 x eps 0.02, 0.25, and P 100-2200 at alpha=4, eps=0.02",
+    "kumar": "Kumar et al.: D=100, P=550, N=500, lr 20 N/alpha^2, 110k steps; alpha x eps, "
+             "and P 100-2200",
     "smoke": "seconds, for the tests",
 }
 
