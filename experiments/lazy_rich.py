@@ -347,7 +347,11 @@ def plot(alpha_runs: list, p_runs: list, path: str) -> None:
             row[1].plot(*_series(curves, "alignment_test"), color=color)
         reached = [(r["num_train"], r["delay"]) for r, _ in p_runs if r["delay"] is not None]
         if reached:
-            row[2].plot(*zip(*reached, strict=True), "o-")
+            row[2].plot(*zip(*reached, strict=True), "o-", label="delay")
+        never = [r["num_train"] for r, _ in p_runs if r["delay"] is None]
+        if never:  # drawn at 0 so that the panel still names every P of the sweep
+            row[2].plot(never, [0] * len(never), "rx", label="a loss never below the threshold")
+        row[2].legend(fontsize=7)
         r0 = p_runs[0][0]
         row[0].set(xscale="log", yscale="log", xlabel="GD step", ylabel="MSE",
                    title=f"alpha={r0['alpha']:g}, eps={r0['eps']:g}: test loss per P "
