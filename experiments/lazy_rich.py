@@ -375,7 +375,10 @@ def report(config, results: list, workdir: str, png_path: str) -> tuple:
     with_curves = lambda runs: [
         (r, study.read_json(os.path.join(workdir, "runs", r["name"], "curves.json")))
         for r in runs]
-    plot(with_curves(alpha_runs), with_curves(p_runs), png_path)
+    alpha_curves, p_curves = with_curves(alpha_runs), with_curves(p_runs)
+    plot(alpha_curves, p_curves, png_path)
+    # ||w - w0|| / ||w0|| at the end, from the curves (the paper: the weights grow as it groks).
+    moved = lambda curves: curves[str(max(int(k) for k in curves))]["weight_change"]
     thr = f"{t.loss_threshold:g}"
     lines = [
         f"D={t.dim}, {t.num_test} test points, N={config.model.width}, loss = mean squared "
@@ -391,9 +394,9 @@ def report(config, results: list, workdir: str, png_path: str) -> tuple:
         f"## alpha x eps sweep, P = {t.num_train}", "",
         f"| eps | alpha | train < {thr} | test < {thr} | delay | train drop step | test drop "
         "step | ratio | final train MSE | final test MSE (initial) | alignment test: init -> "
-        "end | train: init -> end | rel. ‖K_t - K_0‖_F | GD steps | outcome |",
-        "|" + "---|" * 15]
-    for s in alpha_runs:
+        "end | train: init -> end | rel. ‖K_t - K_0‖_F | ‖w - w0‖ / ‖w0‖ | GD steps | outcome |",
+        "|" + "---|" * 16]
+    for s, curves in alpha_curves:
         lines.append(
             f"| {s['eps']:g} | {s['alpha']:g} | {_cell(s['train_below_step'])} | "
             f"{_cell(s['test_below_step'])} | {_cell(s['delay'])} | "
@@ -402,16 +405,16 @@ def report(config, results: list, workdir: str, png_path: str) -> tuple:
             f"{s['final_test_loss']:.3g} ({s['initial_test_loss']:.3g}) | "
             f"{s['initial_alignment_test']:.3f} -> {s['final_alignment_test']:.3f} | "
             f"{s['initial_alignment_train']:.3f} -> {s['final_alignment_train']:.3f} | "
-            f"{s['final_kernel_distance_rel']:.3g} | {_steps_cell(s)} | "
+            f"{s['final_kernel_distance_rel']:.3g} | {moved(curves):.3g} | {_steps_cell(s)} | "
             f"{verdict(s, t.drop_fraction)} |")
     if p_runs:
         lines += [
             "", f"## P sweep, alpha = {p_runs[0]['alpha']:g}, eps = {p_runs[0]['eps']:g}", "",
             f"| P | train < {thr} | test < {thr} | delay | train drop step | test drop step | "
             "ratio | final train MSE | final test MSE (initial) | alignment test: init -> end | "
-            "rel. ‖K_t - K_0‖_F | GD steps | outcome |",
-            "|" + "---|" * 13]
-        for s in p_runs:
+            "rel. ‖K_t - K_0‖_F | ‖w - w0‖ / ‖w0‖ | GD steps | outcome |",
+            "|" + "---|" * 14]
+        for s, curves in p_curves:
             lines.append(
                 f"| {s['num_train']} | {_cell(s['train_below_step'])} | "
                 f"{_cell(s['test_below_step'])} | {_cell(s['delay'])} | "
@@ -419,7 +422,7 @@ def report(config, results: list, workdir: str, png_path: str) -> tuple:
                 f"{_cell(s['ratio'])} | {s['final_train_loss']:.2e} | "
                 f"{s['final_test_loss']:.3g} ({s['initial_test_loss']:.3g}) | "
                 f"{s['initial_alignment_test']:.3f} -> {s['final_alignment_test']:.3f} | "
-                f"{s['final_kernel_distance_rel']:.3g} | {_steps_cell(s)} | "
+                f"{s['final_kernel_distance_rel']:.3g} | {moved(curves):.3g} | {_steps_cell(s)} | "
                 f"{verdict(s, t.drop_fraction)} |")
     return "Lazy-to-rich grokking (Kumar et al., ICLR 2024)", "\n".join(lines) + "\n"
 
