@@ -146,13 +146,15 @@ def _cells(config, results: list) -> list:
 
 def markdown_table(config, results: list) -> str:
     chance = 100 / config.task.p
-    lines = ["| mixer | n_tasks | i.d. acc (%) | o.o.d. acc (%) | chance (%) | steps | "
-             "published (He et al.) |", "|---|---:|---:|---:|---:|---:|---|"]
+    lines = ["| mixer | n_tasks | train acc (%) | i.d. acc (%) | o.o.d. acc (%) | chance (%) | "
+             "steps | published (He et al.) |", "|---|---:|---:|---:|---:|---:|---:|---|"]
     for mixer, n, result in _cells(config, results):
         if result is None:
-            cells = ["-", "-", f"{chance:.1f}", "-"]
+            cells = ["-", "-", "-", f"{chance:.1f}", "-"]
         else:
-            cells = [f"{100 * result['id_last']:.1f}", f"{100 * result['ood_last']:.1f}",
+            train = result.get("train_accuracy")
+            cells = ["-" if train is None else f"{100 * train:.1f}",
+                     f"{100 * result['id_last']:.1f}", f"{100 * result['ood_last']:.1f}",
                      f"{chance:.1f}", str(result["steps"])]
         lines.append(f"| {mixer} | {n} | " + " | ".join(cells) +
                      f" | {PUBLISHED.get(mixer, '-')} |")
@@ -226,7 +228,8 @@ def report(config, results: list, workdir: str, png_path: str) -> tuple:
              f"weight decay {train.optimizer.weight_decay:g}, batch {train.global_batch_size}, "
              f"{train.num_steps} steps. Accuracy of the last example's z over "
              f"{t.num_eval_examples} sequences: i.d. = pre-training tasks on held-out inputs, "
-             "o.o.d. = held-out tasks.")
+             "o.o.d. = held-out tasks on held-out inputs; train = the last training batch, "
+             "every shot.")
     title = f"In-context modular arithmetic (He et al. 2024), {config.preset} preset"
     body = (f"{about}\n\n{markdown_table(config, results)}\n"
             f"By shot k (i.d. / o.o.d., %):\n\n{shot_table(config, results)}")

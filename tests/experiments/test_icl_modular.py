@@ -15,6 +15,7 @@ import pytest
 from configs.icl_modular import MIXERS, PRESETS, get_config
 from deltajax import study
 from deltajax.data.icl_modular import ICLModularSource, pair_split
+from deltajax.train.config import validate_config
 from experiments import icl_modular
 
 SMOKE_RUNS = ["attention-tasks8"]
@@ -58,7 +59,7 @@ def test_report_writes_the_table_with_chance_and_published_claims_and_a_plot(stu
     out = study_dir / "published" / "cpu-icl-modular"
     table = (out.parent / "cpu-icl-modular.md").read_text()
     assert "python -m experiments.icl_modular smoke" in table and "1 of 1 runs finished" in table
-    assert "| mixer | n_tasks | i.d. acc (%) | o.o.d. acc (%) | chance (%) |" in table
+    assert "| n_tasks | train acc (%) | i.d. acc (%) | o.o.d. acc (%) | chance (%) |" in table
     assert "| attention | 8 |" in table and "| 20.0 |" in table  # chance 1/p at p = 5
     assert "o.o.d. generalisation" in table
     assert "| k=1 | k=2 | k=4 |" in table
@@ -87,6 +88,9 @@ def test_shot_accuracy_scores_the_z_of_each_example():
 def test_presets_pass_the_checks_and_sweep_both_mixers_over_task_counts():
     for preset in PRESETS:
         icl_modular.check(get_config(preset))
+        # The trainer accepts each preset's fields (the paper preset is not run here).
+        validate_config(icl_modular.trainer_config(get_config(preset)), num_devices=1,
+                        num_processes=1)
     paper = get_config("paper")
     assert {r["name"] for r in paper.sweep} == {f"{m}-tasks{n}" for m in MIXERS
                                                  for n in (8, 16, 32, 64, 128, 256, 512)}
