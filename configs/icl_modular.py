@@ -90,7 +90,7 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
         task_counts = (8, 16, 32, 64, 128, 256, 512)
     elif preset == "cpu":
         # p = 5: at p = 7 and 11 (d_model 64, batch 64-128, lr 1e-3-3e-3) attention sat at the
-        # uniform loss for 1500-2000 steps in pilots; at p = 5 it leaves it within 300.
+        # uniform loss for the 1000-1500 steps of pilots; at p = 5 it leaves it within 300.
         c.task.update(p=5, n_ctx=8, num_ood_tasks=5, train_fraction=0.6,
                       num_train_examples=256_000, num_eval_examples=512)
         c.model.update(d_model=64, num_layers=2, num_heads=4, mlp_hidden_dim=256)
