@@ -79,16 +79,20 @@ def check(config) -> None:
     for run in study.select_runs(config):
         this = study.run_config(config, run)
         try:
-            build_model(this)
+            build_model(this)  # its errors name ModelConfig.<field>, i.e. config.model.<field>
+        except ValueError as error:
+            raise ValueError(f"run {this.name}: config.model: {error}") from error
+        try:  # the data's errors start with the argument, a field of config.task
             parts = splits(this)
             for split in ("train", "id", "ood"):
                 make_source(this, split, parts)
-            if this.task.num_eval_examples < this.train.global_batch_size:
-                raise ValueError(f"config.task.num_eval_examples={this.task.num_eval_examples} "
-                                 f"must be at least config.train.global_batch_size="
-                                 f"{this.train.global_batch_size} (one eval batch)")
-        except ValueError as error:  # say which run, and that the field is config.task's
-            raise ValueError(f"run {this.name}: config.task / config.model: {error}") from error
+        except ValueError as error:
+            raise ValueError(f"run {this.name}: config.task.{error}") from error
+        if this.task.num_eval_examples < this.train.global_batch_size:
+            raise ValueError(f"run {this.name}: config.task.num_eval_examples="
+                             f"{this.task.num_eval_examples} must be at least "
+                             f"config.train.global_batch_size={this.train.global_batch_size} "
+                             "(one eval batch)")
 
 
 def predictor(model):

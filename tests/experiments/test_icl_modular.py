@@ -104,12 +104,14 @@ def test_presets_pass_the_checks_and_sweep_both_mixers_over_task_counts():
 
 
 @pytest.mark.parametrize("change, match", [
-    (lambda c: c.task.update(p=9), "p must be a prime"),
-    (lambda c: c.task.update(n_ctx=30), "n_ctx=30 must be at most"),
-    (lambda c: c.sweep[0]["overrides"]["task"].update(num_tasks=7), "multiple of 4"),
-    (lambda c: c.task.update(num_ood_tasks=30), "num_tasks=8 must be at most"),
-    (lambda c: c.task.update(num_eval_examples=4), "num_eval_examples"),
-    (lambda c: c.model.update(d_model=15), "d_model"),
+    (lambda c: c.task.update(p=9), r"config\.task\.p must be a prime"),
+    (lambda c: c.task.update(n_ctx=30), r"config\.task\.n_ctx=30 must be at most"),
+    (lambda c: c.sweep[0]["overrides"]["task"].update(num_tasks=7),
+     r"config\.task\.num_tasks=7 must be a multiple of 4"),
+    (lambda c: c.task.update(num_ood_tasks=30), r"config\.task\.num_tasks=8 must be at most"),
+    (lambda c: c.task.update(train_fraction=1.0), r"config\.task\.train_fraction"),
+    (lambda c: c.task.update(num_eval_examples=4), r"config\.task\.num_eval_examples=4"),
+    (lambda c: c.model.update(d_model=15), r"config\.model: .*d_model"),
     (lambda c: c.update(extra=1), "top-level keys"),
 ])
 def test_bad_configs_are_rejected_naming_the_field(change, match):
