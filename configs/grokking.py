@@ -23,7 +23,6 @@ SWEEPS = {
     "mixer": "attention, deltanet, gated_deltanet",
     "weight_decay": "0, 0.1, 1",
     "train_fraction": "0.3, 0.5",
-    "delta": "what a delta-rule model needs to grok: DELTA_VARIANTS, 4000 steps each",
 }
 # A mixer -> its model fields. Sequences are 3 tokens: a delta-rule chunk of 4 wastes little.
 # The delta-rule mixers read no attention options (a preset may set them for attention).
@@ -45,6 +44,7 @@ DELTA_VARIANTS = {
     "deltanet-neg": ("deltanet", dict(model=dict(delta_rule=dict(allow_neg_eigval=True)))),
     "deltanet-1head": ("deltanet", dict(model=dict(num_heads=1))),
 }
+SWEEPS["delta"] = ", ".join(DELTA_VARIANTS) + f" ({DELTA_STEPS} steps each)"
 
 
 def get_config(arg: str = "nanda") -> ml_collections.ConfigDict:

@@ -20,7 +20,7 @@ import dataclasses
 
 import numpy as np
 
-from deltajax.data.modular import _is_prime
+from deltajax.data.modular import is_prime
 from deltajax.data.synthetic import IGNORE_INDEX
 
 
@@ -32,7 +32,7 @@ def _check_int(value, name: str, low: int) -> None:
 def check_p(p) -> None:
     """p must be a prime (the paper's setting: Z_p is a field, every a != 0 invertible)."""
     _check_int(p, "p", 2)
-    if not _is_prime(int(p)):
+    if not is_prime(int(p)):
         raise ValueError(f"p must be a prime, got {p}")
 
 

@@ -30,7 +30,7 @@ OPERATIONS: dict[str, Callable] = {
 }
 
 
-def _is_prime(n: int) -> bool:
+def is_prime(n: int) -> bool:
     return n >= 2 and all(n % d for d in range(2, int(n ** 0.5) + 1))
 
 
@@ -43,7 +43,7 @@ def modular_table(p: int, operation: str) -> tuple[np.ndarray, np.ndarray, np.nd
         raise ValueError(f"p must be an integer >= 2, got {p!r}")
     if operation not in OPERATIONS:
         raise ValueError(f"operation must be one of {sorted(OPERATIONS)}, got {operation!r}")
-    if operation == "/" and not _is_prime(int(p)):
+    if operation == "/" and not is_prime(int(p)):
         raise ValueError(f"p must be prime for operation '/' (every b != 0 invertible), got {p}")
     a_N, b_N = (x.ravel().astype(np.int64) for x in np.meshgrid(np.arange(p), np.arange(p),
                                                                 indexing="ij"))

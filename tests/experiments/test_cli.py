@@ -11,7 +11,7 @@ from deltajax import study
 from experiments import lazy_rich
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-STUDY_CONFIGS = ("mqar", "grokking", "lazy_rich", "state_tracking")
+STUDY_CONFIGS = ("mqar", "grokking", "lazy_rich", "state_tracking", "icl_modular")
 
 
 @pytest.mark.parametrize("name", STUDY_CONFIGS)
