@@ -136,6 +136,17 @@ def interleaved_medians(fns: dict, *args, repeats: int = 5) -> dict:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def trainer_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A run's config.train with deltajax.train.fit's defaults filled in and the study's seed."""
+    # Here, not at the top: the configs import this module, and deltajax.train pulls in orbax
+    # and grain, which a config read (or --help) does not need.
+    from deltajax.train.config import merge_with_defaults
+
+    train = merge_with_defaults(config.train)
+    train.seed = config.seed
+    return train
+
+
 def check_config(config: ml_collections.ConfigDict, study: str) -> None:
     """Raises a ValueError naming what breaks the shared shape: the top-level keys, unique run
     names, and every run's overrides naming existing fields."""

@@ -26,7 +26,6 @@ from deltajax.data import make_dataset
 from deltajax.data.icl_modular import ICLModularSource, pair_split, task_split, z_positions
 from deltajax.models import LanguageModel, ModelConfig
 from deltajax.train import fit
-from deltajax.train.config import merge_with_defaults
 
 matplotlib.use("Agg")  # files only; no display on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
@@ -65,12 +64,6 @@ def make_source(config, split: str, parts=None) -> ICLModularSource:
         "ood": ("ood", "test_pairs", t.num_eval_examples, config.seed + 20_000),
     }[split]
     return ICLModularSource(t.p, parts[tasks], parts[pairs], t.n_ctx, num, seed)
-
-
-def trainer_config(config):
-    train = merge_with_defaults(config.train)
-    train.seed = config.seed
-    return train
 
 
 def check(config) -> None:
@@ -120,7 +113,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     start = time.perf_counter()
     model = build_model(config)
     parts = splits(config)
-    fitted = fit(trainer_config(config), model, make_source(config, "train", parts), workdir,
+    fitted = fit(study.trainer_config(config), model, make_source(config, "train", parts), workdir,
                  eval_source=make_source(config, "ood", parts))
     if fitted.preempted:
         raise study.Preempted(f"{workdir}: preempted after step {int(fitted.state.step)} "

@@ -25,7 +25,6 @@ from deltajax import study
 from deltajax.data import MQARSource
 from deltajax.models import LanguageModel, ModelConfig
 from deltajax.train import eval_step, fit
-from deltajax.train.config import merge_with_defaults
 from deltajax.train.evaluate import evaluate
 
 matplotlib.use("Agg")  # files only; no display on servers and in CI
@@ -64,8 +63,7 @@ def make_source(config, *, split: str) -> MQARSource:
 
 
 def trainer_config(config):
-    train = merge_with_defaults(config.train)
-    train.seed = config.seed
+    train = study.trainer_config(config)
     train.eval.num_batches = config.task.num_eval_examples // config.train.global_batch_size
     return train
 

@@ -25,7 +25,6 @@ from deltajax.data import IGNORE_INDEX, make_dataset
 from deltajax.data.state_tracking import make_source as task_source
 from deltajax.models import LanguageModel, ModelConfig
 from deltajax.train import fit
-from deltajax.train.config import merge_with_defaults
 
 matplotlib.use("Agg")  # files only; no display on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
@@ -70,12 +69,6 @@ def make_source(config, *, split: str, seq_len=None):
         "test": (t.num_eval_examples, config.seed + 20_000, seq_len or max(t.eval_lengths)),
     }[split]
     return task_source(t.name, num_examples=num, seq_len=length, seed=seed, modulus=t.modulus)
-
-
-def trainer_config(config):
-    train = merge_with_defaults(config.train)
-    train.seed = config.seed
-    return train
 
 
 def check(config) -> None:
@@ -130,7 +123,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     """Trains (or resumes) one run in workdir; returns its accuracy per length bin."""
     start = time.perf_counter()
     model = build_model(config)
-    fitted = fit(trainer_config(config), model, make_source(config, split="train"), workdir,
+    fitted = fit(study.trainer_config(config), model, make_source(config, split="train"), workdir,
                  eval_source=make_source(config, split="eval"))
     if fitted.preempted:
         raise study.Preempted(f"{workdir}: preempted after step {int(fitted.state.step)} "

@@ -89,7 +89,7 @@ def test_presets_pass_the_checks_and_sweep_both_mixers_over_task_counts():
     for preset in PRESETS:
         icl_modular.check(get_config(preset))
         # The trainer accepts each preset's fields (the paper preset is not run here).
-        validate_config(icl_modular.trainer_config(get_config(preset)), num_devices=1,
+        validate_config(study.trainer_config(get_config(preset)), num_devices=1,
                         num_processes=1)
     paper = get_config("paper")
     assert {r["name"] for r in paper.sweep} == {f"{m}-tasks{n}" for m in MIXERS
