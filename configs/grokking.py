@@ -43,6 +43,8 @@ DELTA_VARIANTS = {
         no_decay_names=("scale", "A_log", "dt_bias"))))),
     "deltanet-neg": ("deltanet", dict(model=dict(delta_rule=dict(allow_neg_eigval=True)))),
     "deltanet-1head": ("deltanet", dict(model=dict(num_heads=1))),
+    # Added after the six above ran, once DeltaNet grokked at lr 3e-3: attention at the same lr.
+    "attention-lr3e-3": ("attention", dict(train=dict(optimizer=dict(learning_rate=3e-3)))),
 }
 SWEEPS["delta"] = ", ".join(DELTA_VARIANTS) + f" ({DELTA_STEPS} steps each)"
 

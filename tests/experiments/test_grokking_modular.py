@@ -96,6 +96,8 @@ def test_delta_sweep_changes_one_factor_per_run_and_builds_every_model():
     assert changed["deltanet-1head"] == ["model.num_heads"]
     assert set(changed["gated_deltanet-fla_wd"]) == {"model.mixer",
                                                      "train.optimizer.no_decay_names"}
+    assert _differences(runs["attention"], runs["attention-lr3e-3"]) == [
+        "name", "train.optimizer.learning_rate"]
     for run in runs.values():
         ModelConfig(vocab_size=54, **run["model"])
 
