@@ -44,6 +44,10 @@ PUBLISHED = {
     ("S3", "deltaproduct1_neg"): "fails in 1 layer (Siems: n_h = 1 is DeltaNet)",
     ("S3", "deltaproduct2_neg"): "solves and extrapolates (Siems)",
     ("S3", "deltaproduct2"): "fails (theory: [0,1] factors give real eigenvalues >= 0)",
+    ("Z3", "deltaproduct1_neg"): "fails (theory: one reflection per token has real eigenvalues;"
+                                 " counting mod 3 needs a rotation, Grazzi Thm. 2)",
+    ("Z3", "deltaproduct2_neg"): "solves (theory: two reflections make a rotation; Siems)",
+    ("Z3", "deltaproduct2"): "fails (theory: [0,1] factors give real eigenvalues >= 0)",
     ("S4", "deltaproduct2_neg"): "solves (S4 in SO(3): 2 reflections; Siems)",
     ("A5", "deltaproduct2_neg"): "solves (A5 in SO(3); Siems)",
     ("S5", "deltaproduct4_neg"): "solves (n_h = n - 1 = 4; Siems)",

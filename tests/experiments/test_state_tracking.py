@@ -89,6 +89,12 @@ def test_presets_cover_the_issue_grid_and_pass_the_checks():
     assert cpu.sweep[0]["name"] == "parity-deltanet_neg" and cpu.sweep[1]["name"] == \
         "parity-deltanet"  # the headline contrast first
     assert MIXERS["deltanet_neg"]["delta_rule"]["allow_neg_eigval"] is True
+    # Z3 is run as S3 is: the same mixers, lengths and budget, the group alone differs.
+    by_name = {run["name"]: run["overrides"] for run in cpu.sweep}
+    for mixer in ("deltaproduct2_neg", "deltaproduct1_neg", "deltaproduct2"):
+        s3, z3 = by_name[f"S3-{mixer}"], by_name[f"Z3-{mixer}"]
+        assert dict(z3["task"], name="S3") == s3["task"] and z3["task"]["name"] == "Z3"
+        assert z3["train"] == s3["train"] and z3["model"] == s3["model"]
 
 
 @pytest.mark.parametrize("change, match", [
