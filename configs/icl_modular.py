@@ -41,7 +41,7 @@ Presets (PRESETS below, one line each in `--help`):
 
 import ml_collections
 
-from deltajax.study import named_run, run_id
+from deltajax.study import named_run, new_config, run_id
 
 # A preset -> one line for --help (the docstring above gives each recipe in full).
 PRESETS = {
@@ -57,13 +57,7 @@ MIXERS = {
 
 
 def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
-    if preset not in PRESETS:
-        raise ValueError(f"configs/icl_modular.py preset must be one of {tuple(PRESETS)}; got "
-                         f"{preset!r}")
-    c = ml_collections.ConfigDict()
-    c.preset = preset
-    c.seed = 0
-    c.only = ""
+    c = new_config("icl_modular", preset, PRESETS)
     # num_tasks: pre-training tasks (the sweep sets it per run); train_fraction: the (x, y)
     # pairs of pre-training sequences (the rest build the evaluation sequences).
     c.task = ml_collections.ConfigDict(dict(

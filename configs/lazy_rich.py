@@ -9,7 +9,7 @@ Values marked "authors" are from the authors' supplementary notebook
 
 import ml_collections
 
-from deltajax.study import named_run, run_id
+from deltajax.study import named_run, new_config, run_id
 
 # A preset -> one line for --help.
 PRESETS = {
@@ -20,13 +20,7 @@ PRESETS = {
 
 
 def get_config(preset: str = "kumar") -> ml_collections.ConfigDict:
-    if preset not in PRESETS:
-        raise ValueError(f"configs/lazy_rich.py preset must be one of {tuple(PRESETS)}, got "
-                         f"{preset!r}")
-    c = ml_collections.ConfigDict()
-    c.preset = preset
-    c.seed = 0
-    c.only = ""
+    c = new_config("lazy_rich", preset, PRESETS)
     c.task = ml_collections.ConfigDict(dict(
         dim=100,                      # D (authors, Figs. 1 and 3e)
         num_train=550,                # P (authors, Figs. 1 and 3e); the P sweep overrides it

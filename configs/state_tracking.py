@@ -39,7 +39,7 @@ mixer of it, fixed before any result):
 
 import ml_collections
 
-from deltajax.study import named_run, run_id
+from deltajax.study import named_run, new_config, run_id
 
 # A preset -> one line for --help (the docstring above gives each recipe in full).
 PRESETS = {
@@ -68,13 +68,7 @@ PAPER_CHOMSKY_MIXERS = ("deltanet", "deltanet_neg", "gated_deltanet", "gated_del
 
 
 def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
-    if preset not in PRESETS:
-        raise ValueError(f"configs/state_tracking.py preset must be one of {tuple(PRESETS)}; got "
-                         f"{preset!r}")
-    c = ml_collections.ConfigDict()
-    c.preset = preset
-    c.seed = 0
-    c.only = ""
+    c = new_config("state_tracking", preset, PRESETS)
     # name: "parity", "modular_arithmetic" or a group ("S3", "Z5", ...). eval_lengths: the
     # ends of the position bins scored, (0, L_1], (L_1, L_2], ...; L_1 = train_len.
     c.task = ml_collections.ConfigDict(dict(

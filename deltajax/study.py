@@ -136,6 +136,15 @@ def interleaved_medians(fns: dict, *args, repeats: int = 5) -> dict:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def new_config(study: str, preset: str, presets) -> ml_collections.ConfigDict:
+    """A study config's start: `preset` checked against the study's presets (a ValueError
+    naming them), the study's seed 0 and no run selection."""
+    if preset not in presets:
+        raise ValueError(f"configs/{study}.py preset must be one of {tuple(presets)}; got "
+                         f"{preset!r}")
+    return ml_collections.ConfigDict(dict(preset=preset, seed=0, only=""))
+
+
 def trainer_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """A run's config.train with deltajax.train.fit's defaults filled in and the study's seed."""
     # Here, not at the top: the configs import this module, and deltajax.train pulls in orbax
