@@ -9,7 +9,14 @@ import sys
 import numpy as np
 import pytest
 
-from configs.mqar import CPU_LEARNING_RATE, PAPER_SETTINGS, get_config, sweep
+from configs.mqar import (
+    CPU_LEARNING_RATE,
+    MAKE_RUN_MIXERS,
+    PAPER_LEARNING_RATES,
+    PAPER_SETTINGS,
+    get_config,
+    sweep,
+)
 from deltajax import study
 from deltajax.train import fit
 from experiments import mqar
@@ -146,8 +153,15 @@ def test_presets_plan_the_published_grid_and_one_recipe_per_cpu_preset():
     for preset in ("cpu", "cpu_sweep", "cpu_hard"):
         config = get_config(preset)
         study.check_config(config, "mqar")
-        # One learning rate and step budget for every mixer of a CPU preset.
-        assert {mqar.cell(config, r)[4] for r in config.sweep} == {CPU_LEARNING_RATE}
+        # One learning rate and step budget for every mixer of a CPU preset, but for the
+        # sweep's (128, 32) cells, where each of the three mixers has the same two.
+        lrs = {mqar.cell(config, r)[4] for r in config.sweep if mqar.cell(config, r)[1] != 32}
+        assert lrs == {CPU_LEARNING_RATE}
+    kv32 = {}
+    for c in (mqar.cell(get_config("cpu_sweep"), r) for r in get_config("cpu_sweep").sweep):
+        if c[1] == 32:
+            kv32.setdefault(c[2], set()).add(c[4])
+    assert kv32 == {m: {CPU_LEARNING_RATE, PAPER_LEARNING_RATES[3]} for m in MAKE_RUN_MIXERS}
     cpu = get_config("cpu")
     assert [mqar.cell(cpu, r)[2] for r in cpu.sweep] == ["deltanet", "linear_attention",
                                                          "attention_conv"]
