@@ -32,6 +32,8 @@ mixer of it, fixed before any result):
          train length 40 (S3: 32), scored up to 5x (S3: 4x). Cut from the full grid for time:
          S4, A5, S5, n_h = 3, 4, Gated DeltaNet and the references on the word problems and
          arithmetic.
+  cpu_groups  the cpu recipe on S4, A5 and S5 (as S3: trained on 32, scored to 128, 15000
+         steps, beta in [0, 2]): DeltaProduct n_h = 1, 2, 3 on S4, 1, 2 on A5, 2, 4 on S5.
   smoke  seconds, for the tests.
 --config.only='parity-*' runs part of a sweep; fields shared by every run are flags
 (--config.train.num_steps=500, --config.model.delta_rule.backend=recurrent).
@@ -45,6 +47,7 @@ from deltajax.study import named_run, new_config, run_id
 PRESETS = {
     "paper": "published grids: parity, arithmetic (Grazzi et al.), S3-S5 (Siems et al.); GPU/TPU",
     "cpu": "parity contrast, DeltaProduct n_h 1-2 on S3 and Z3, arithmetic; d_model 32; ~1 h",
+    "cpu_groups": "S4, A5, S5 with DeltaProduct at and below the n_h each needs; the cpu recipe",
     "smoke": "seconds, for the tests",
 }
 # A mixer of the study -> its model fields. "_neg": beta in [0, 2] (eigenvalues in [-1, 1]).
@@ -104,7 +107,7 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
                    for task, task_fields, mixer in runs]
         return c
 
-    if preset == "cpu":
+    if preset in ("cpu", "cpu_groups"):
         c.task.update(eval_lengths=(40, 80, 120, 200), num_train_examples=200_000,
                       num_eval_examples=512)
         # Timed on the shared 2-core machine (load ~5): 20-40 ms a step for DeltaNet and
@@ -142,6 +145,14 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
         z3 = dict(s3, name="Z3")
         runs += [("Z3", z3, "deltaproduct2_neg"), ("Z3", z3, "deltaproduct1_neg"),
                  ("Z3", z3, "deltaproduct2")]
+        if preset == "cpu_groups":
+            # The larger groups, as S3 (lengths, budget, beta in [0, 2]), at the n_h the paper
+            # says each needs and the one below it: S4 and A5 embed in SO(3) (n_h = 2), S5
+            # needs n_h = 4 = n - 1.
+            groups = {"S4": (1, 2, 3), "A5": (1, 2), "S5": (2, 4)}
+            train_by_task = {group: dict(num_steps=15_000) for group in groups}
+            runs = [(group, dict(s3, name=group), f"deltaproduct{n}_neg")
+                    for group, householders in groups.items() for n in householders]
     else:  # smoke
         c.task.update(train_len=8, eval_lengths=(8, 16), num_train_examples=64,
                       num_eval_examples=16)

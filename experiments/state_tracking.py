@@ -48,8 +48,12 @@ PUBLISHED = {
                                  " counting mod 3 needs a rotation, Grazzi Thm. 2)",
     ("Z3", "deltaproduct2_neg"): "solves (theory: two reflections make a rotation; Siems)",
     ("Z3", "deltaproduct2"): "fails (theory: [0,1] factors give real eigenvalues >= 0)",
+    ("S4", "deltaproduct1_neg"): "fails in 1 layer (theory: one reflection per token)",
     ("S4", "deltaproduct2_neg"): "solves (S4 in SO(3): 2 reflections; Siems)",
+    ("S4", "deltaproduct3_neg"): "solves (n_h = n - 1 = 3; Siems)",
+    ("A5", "deltaproduct1_neg"): "fails in 1 layer (theory: one reflection per token)",
     ("A5", "deltaproduct2_neg"): "solves (A5 in SO(3); Siems)",
+    ("S5", "deltaproduct2_neg"): "fails in 1 layer (theory: S5 needs n_h = 4; Siems)",
     ("S5", "deltaproduct4_neg"): "solves (n_h = n - 1 = 4; Siems)",
 }
 

@@ -83,8 +83,15 @@ def test_presets_cover_the_issue_grid_and_pass_the_checks():
     assert {"parity-deltanet", "parity-deltanet_neg", "parity-gated_deltanet_neg",
             "parity-linear_attention", "parity-attention", "modular_arithmetic-deltanet_neg",
             "A5-deltaproduct2_neg", "S4-deltaproduct3"} <= names
-    for preset in ("paper", "cpu", "smoke"):
+    for preset in ("paper", "cpu", "cpu_groups", "smoke"):
         state_tracking.check(get_config(preset))
+    groups = get_config("cpu_groups")
+    assert {run["name"] for run in groups.sweep} == {
+        "S4-deltaproduct1_neg", "S4-deltaproduct2_neg", "S4-deltaproduct3_neg",
+        "A5-deltaproduct1_neg", "A5-deltaproduct2_neg", "S5-deltaproduct2_neg",
+        "S5-deltaproduct4_neg"}
+    assert all(state_tracking.PUBLISHED.get(tuple(run["name"].split("-")))
+               for run in groups.sweep)  # every run has the paper's claim beside it
     cpu = get_config("cpu")
     assert cpu.sweep[0]["name"] == "parity-deltanet_neg" and cpu.sweep[1]["name"] == \
         "parity-deltanet"  # the headline contrast first
