@@ -23,7 +23,7 @@ mixer of it, fixed before any result):
          paper's text here: those fields (marked "ours") reuse the parity recipe scaled to
          d_model 128, 4 heads, 1 layer, which the theory says suffices (one layer of n_h = n - 1
          Householders per token represents S_n).
-  cpu    what two shared CPU cores train in about 50 minutes: the parity contrast (DeltaNet and
+  cpu    what two shared CPU cores train in about an hour: the parity contrast (DeltaNet and
          Gated DeltaNet, beta in [0, 1] against [0, 2]; softmax and linear attention as
          references), the smallest-n_h contrast on S3 (DeltaProduct n_h = 1, 2 with beta in
          [0, 2], n_h = 2 with [0, 1]) and the same three on Z3 (counting mod 3), and DeltaNet
