@@ -207,6 +207,22 @@ def plot_runs(runs: list, path: str, title: str) -> None:
     plt.close(fig)
 
 
+# The published runs, by (operation, p, train fraction): what their papers report for softmax
+# attention, beside ours in the table. Other settings (p = 53, the delta-rule mixers) have none.
+PUBLISHED = {
+    ("+", 113, 0.3): "train ~100% by ~1.4k steps, test by ~10k (Nanda et al. 2023)",
+    ("/", 97, 0.5): "train ~100% before 10^3 steps, test ~100% near 10^6, little before 10^5 "
+                    "(Power et al. 2022, Fig. 1)",
+}
+
+
+def published(operation: str, summary: dict) -> str:
+    """The published result for a run's setting, or "-" where no paper trained it."""
+    if summary["mixer"] != "attention":
+        return "-"
+    return PUBLISHED.get((operation, summary["p"], summary["train_fraction"]), "-")
+
+
 def _cell(value):
     if value is None:
         return "not reached"
@@ -220,15 +236,17 @@ def report(config, results: list, workdir: str, png_path: str) -> tuple:
     title = f"Grokking, {config.task.operation} mod {config.task.p} ({config.preset})"
     plot_runs([(r["name"], c, r) for r, c in zip(results, curves, strict=True)], png_path, title)
     lines = ["| run | mixer | p | frac | n_train | wd | train > 99% at | test > 99% at | delay "
-             "| final test acc | final weight norm | key frequencies (share) | steps | wall |",
-             "|" + "---|" * 14]
+             "| final test acc | final weight norm | key frequencies (share) | steps | wall "
+             "| published |",
+             "|" + "---|" * 15]
     for s in results:
         lines.append(
             f"| {s['name']} | {s['mixer']} | {s['p']} | {s['train_fraction']:g} | {s['n_train']} "
             f"| {s['weight_decay']:g} | {_cell(s['train_step_99'])} | {_cell(s['test_step_99'])} "
             f"| {_cell(s['delay'])} | {s['final_test_accuracy']:.4f} | "
             f"{s['final_weight_norm']:.1f} | {', '.join(map(str, s['key_frequencies']))} "
-            f"({s['key_frequency_share']:.2f}) | {s['steps']} | {s['wall_s'] / 60:.1f} min |")
+            f"({s['key_frequency_share']:.2f}) | {s['steps']} | {s['wall_s'] / 60:.1f} min "
+            f"| {published(config.task.operation, s)} |")
     return title, "\n".join(lines) + "\n"
 
 

@@ -139,7 +139,16 @@ def test_smoke_study_resumes_its_run_and_writes_table_figure_config_and_events(
     assert len(second["spectrum"]) == 7 // 2 + 1 and second["n_train"] == 24
     table = (tmp_path / "table.md").read_text()
     assert "| attention-p7-add-f0.5-wd1 | attention | 7 |" in table
+    assert table.rstrip().endswith("| - |")  # p = 7 is no published setting
     assert (tmp_path / "table.png").stat().st_size > 10_000
     assert '"p": 7' in (tmp_path / "table.json").read_text()
     assert glob.glob(str(tmp_path / "runs" / "attention-p7-add-f0.5-wd1" / "tensorboard" /
                          "events.*"))
+
+
+def test_published_results_sit_beside_the_published_settings_only():
+    nanda = dict(mixer="attention", p=113, train_fraction=0.3)
+    assert "Nanda" in gm.published("+", nanda)
+    assert "Power" in gm.published("/", dict(nanda, p=97, train_fraction=0.5))
+    assert gm.published("+", dict(nanda, mixer="deltanet")) == "-"
+    assert gm.published("+", dict(nanda, p=53)) == "-"
