@@ -128,31 +128,32 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
         c.train.eval.update(every_steps=100, num_batches=4)
         c.train.checkpoint.every_steps = 250
         s3 = dict(name="S3", train_len=32, eval_lengths=(32, 64, 96, 128))
-        # The S3 comparison's own budget, the same for its three mixers: at 3000 steps none
-        # of them got past 48% in distribution (n_h = 2, beta in [0, 2]: the sign of the
-        # permutation, 33%, beyond), so the word problem gets 15000.
-        train_by_task = {"S3": dict(num_steps=15_000), "Z3": dict(num_steps=15_000)}
-        # The headline contrasts first: a sweep stopped part-way has them.
-        runs = [("parity", {}, "deltanet_neg"), ("parity", {}, "deltanet"),
-                ("S3", s3, "deltaproduct2_neg"), ("S3", s3, "deltaproduct1_neg"),
-                ("parity", {}, "gated_deltanet_neg"), ("parity", {}, "gated_deltanet"),
-                ("parity", {}, "attention"), ("S3", s3, "deltaproduct2"),
-                ("parity", {}, "linear_attention"), ("modular_arithmetic", {}, "deltanet_neg"),
-                ("modular_arithmetic", {}, "deltanet")]
-        # Added after the runs above: counting mod 3, the smallest group that needs a rotation
-        # (two reflections), with S3's lengths, mixers and budget (at 3000 steps n_h = 2 with
-        # beta in [0, 2] had reached 62% in distribution, chance beyond).
-        z3 = dict(s3, name="Z3")
-        runs += [("Z3", z3, "deltaproduct2_neg"), ("Z3", z3, "deltaproduct1_neg"),
-                 ("Z3", z3, "deltaproduct2")]
+        # The word problems' own budget, the same for every mixer: at 3000 steps none of S3's
+        # got past 48% in distribution (n_h = 2, beta in [0, 2]: the sign of the permutation,
+        # 33%, beyond), so every group gets 15000.
+        train_by_task = {group: dict(num_steps=15_000) for group in ("Z3", *GROUPS)}
         if preset == "cpu_groups":
             # The larger groups, as S3 (lengths, budget, beta in [0, 2]), at the n_h the paper
             # says each needs and the one below it: S4 and A5 embed in SO(3) (n_h = 2), S5
             # needs n_h = 4 = n - 1.
-            groups = {"S4": (1, 2, 3), "A5": (1, 2), "S5": (2, 4)}
-            train_by_task = {group: dict(num_steps=15_000) for group in groups}
+            householders = {"S4": (1, 2, 3), "A5": (1, 2), "S5": (2, 4)}
             runs = [(group, dict(s3, name=group), f"deltaproduct{n}_neg")
-                    for group, householders in groups.items() for n in householders]
+                    for group, ns in householders.items() for n in ns]
+        else:
+            # The headline contrasts first: a sweep stopped part-way has them.
+            runs = [("parity", {}, "deltanet_neg"), ("parity", {}, "deltanet"),
+                    ("S3", s3, "deltaproduct2_neg"), ("S3", s3, "deltaproduct1_neg"),
+                    ("parity", {}, "gated_deltanet_neg"), ("parity", {}, "gated_deltanet"),
+                    ("parity", {}, "attention"), ("S3", s3, "deltaproduct2"),
+                    ("parity", {}, "linear_attention"),
+                    ("modular_arithmetic", {}, "deltanet_neg"),
+                    ("modular_arithmetic", {}, "deltanet")]
+            # Added after the runs above: counting mod 3, the smallest group that needs a
+            # rotation (two reflections), with S3's lengths, mixers and budget (at 3000 steps
+            # n_h = 2 with beta in [0, 2] had reached 62% in distribution, chance beyond).
+            z3 = dict(s3, name="Z3")
+            runs += [("Z3", z3, "deltaproduct2_neg"), ("Z3", z3, "deltaproduct1_neg"),
+                     ("Z3", z3, "deltaproduct2")]
     else:  # smoke
         c.task.update(train_len=8, eval_lengths=(8, 16), num_train_examples=64,
                       num_eval_examples=16)
