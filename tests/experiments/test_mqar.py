@@ -11,6 +11,7 @@ import pytest
 
 from configs.mqar import (
     CPU_LEARNING_RATE,
+    MAKE_RUN_LEARNING_RATE,
     MAKE_RUN_MIXERS,
     PAPER_LEARNING_RATES,
     PAPER_SETTINGS,
@@ -151,20 +152,25 @@ def test_presets_plan_the_published_grid_and_one_recipe_per_cpu_preset():
     assert {(c[0], c[1]) for c in cells} == set(PAPER_SETTINGS)
     np.testing.assert_allclose(sorted({c[4] for c in cells}), np.logspace(-4, -2, 4))
     for preset in ("cpu", "cpu_sweep", "cpu_hard"):
-        config = get_config(preset)
-        study.check_config(config, "mqar")
-        # One learning rate and step budget for every mixer of a CPU preset, but for the
-        # sweep's (128, 32) cells, where each of the three mixers has the same two.
-        lrs = {mqar.cell(config, r)[4] for r in config.sweep if mqar.cell(config, r)[1] != 32}
-        assert lrs == {CPU_LEARNING_RATE}
-    kv32 = {}
-    for c in (mqar.cell(get_config("cpu_sweep"), r) for r in get_config("cpu_sweep").sweep):
-        if c[1] == 32:
-            kv32.setdefault(c[2], set()).add(c[4])
-    assert kv32 == {m: {CPU_LEARNING_RATE, PAPER_LEARNING_RATES[3]} for m in MAKE_RUN_MIXERS}
+        study.check_config(get_config(preset), "mqar")
+    assert {mqar.cell(get_config("cpu_hard"), r)[4] for r in get_config("cpu_hard").sweep} == {
+        CPU_LEARNING_RATE}
     cpu = get_config("cpu")
     assert [mqar.cell(cpu, r)[2] for r in cpu.sweep] == ["deltanet", "linear_attention",
                                                          "attention_conv"]
+    assert {mqar.cell(cpu, r)[4] for r in cpu.sweep} == {MAKE_RUN_LEARNING_RATE}
+    # The sweep: the make-run mixers share one set of rates in each (setting, d_model), the
+    # others have the grid's third alone, and make run's cell is among them.
+    lrs = {}
+    for c in (mqar.cell(get_config("cpu_sweep"), r) for r in get_config("cpu_sweep").sweep):
+        lrs.setdefault((c[0], c[1], c[3]), {}).setdefault(c[2], set()).add(c[4])
+    for cell, by_mixer in lrs.items():
+        assert {frozenset(by_mixer[m]) for m in MAKE_RUN_MIXERS} == {
+            frozenset(by_mixer["deltanet"])}, cell
+        others = set().union(*(v for m, v in by_mixer.items() if m not in MAKE_RUN_MIXERS))
+        assert others <= {CPU_LEARNING_RATE}, cell
+    assert MAKE_RUN_LEARNING_RATE in lrs[128, 16, 64]["attention_conv"]
+    assert lrs[128, 32, 64]["deltanet"] == {CPU_LEARNING_RATE, PAPER_LEARNING_RATES[3]}
     sweep_cells = [mqar.cell(get_config("cpu_sweep"), r) for r in get_config("cpu_sweep").sweep]
     assert {c[5] for c in sweep_cells} == {0, 1}
     assert {c[2] for c in sweep_cells} >= {"attention", "attention_conv", "deltanet_noconv"}
