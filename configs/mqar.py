@@ -16,8 +16,8 @@ from deltajax.study import named_run, new_config, run_id
 # A preset -> one line for --help.
 PRESETS = {
     "paper": "the published grid, every mixer with and without short conv, 4 lrs, 2 seeds; GPU/TPU",
-    "cpu_sweep": "conv ablation at (128, 16), d 64; make-run mixers at lr 1e-2, d 32 and 64, "
-                 "and at (128, 32); 2 seeds",
+    "cpu_sweep": "conv ablation at (128, 16), d 64; make-run mixers at (128, 32), lr 1e-2, "
+                 "d 32; 2 seeds",
     "cpu_hard": "(512, 64): DeltaNet with and without conv, d_model 128 and 256; 2 cores, hours",
     "cpu": "`make run`: DeltaNet, linear attention, attention+conv at (128, 16), d 64, lr 1e-2",
     "smoke": "seconds, for the tests",
