@@ -1,7 +1,8 @@
 """Plain linear attention, the delta rule's ablation: S_t = S_{t-1} + k_t v_t^T, o_t = S_t^T q_t,
 with DeltaNet's projections, short convolutions, L2-normalised q and k and output norm, so the
-update rule is the only difference. It has one path (deltajax.ops.linear_attention, chunkwise),
-hence no backend."""
+update rule is the only difference. feature_map="elu_plus_one" instead maps q and k through
+elu(x) + 1 (Katharopoulos et al. 2020): positive features, so any two keys overlap. It has one
+path (deltajax.ops.linear_attention, chunkwise), hence no backend."""
 
 from typing import Any, Optional
 
@@ -14,10 +15,16 @@ from deltajax.layers.mixer import head_dims, value_heads
 from deltajax.layers.norm import l2_normalize
 from deltajax.ops import linear_attention
 
+# The map applied to q and k per head. Katharopoulos' normaliser, phi(q).sum_s phi(k_s), is a
+# positive scalar per head and position, which the per-head output RMSNorm divides out (up to
+# its eps), so it is not computed.
+FEATURE_MAPS = {"l2_norm": l2_normalize, "elu_plus_one": lambda x: jax.nn.elu(x) + 1.0}
+
 
 class LinearAttention(nn.Module):
-    """Bias-free q/k/v projections, short convolutions with SiLU, L2-normalised q and k, the
-    additive state update, per-head RMSNorm of the output, output projection."""
+    """Bias-free q/k/v projections, short convolutions with SiLU, q and k through the feature
+    map (L2 normalisation by default), the additive state update, per-head RMSNorm of the
+    output, output projection."""
 
     d_model: int
     num_heads: int
@@ -27,6 +34,7 @@ class LinearAttention(nn.Module):
     use_short_conv: bool = True
     conv_size: int = 4
     chunk_size: int = 64
+    feature_map: str = "l2_norm"          # or "elu_plus_one"; FEATURE_MAPS
     norm_eps: float = 1e-5
     dtype: Any = jnp.float32              # compute dtype; parameters stay float32
 
@@ -39,6 +47,9 @@ class LinearAttention(nn.Module):
         return value_heads(self.num_heads, self.num_v_heads)
 
     def setup(self):
+        if self.feature_map not in FEATURE_MAPS:
+            raise ValueError(f"LinearAttention.feature_map must be one of {sorted(FEATURE_MAPS)}, "
+                             f"got {self.feature_map!r}")
         (K, V), H, HV = self.key_value_dims, self.num_heads, self.value_heads
         dense = lambda features: nn.Dense(features, use_bias=False, dtype=self.dtype)
         self.q_proj, self.k_proj, self.v_proj = dense(H * K), dense(H * K), dense(HV * V)
@@ -72,7 +83,8 @@ class LinearAttention(nn.Module):
         (q, k, v), new_cache = conv_qkv(
             convs, (self.q_proj(x_BTD), self.k_proj(x_BTD), self.v_proj(x_BTD)), cache,
             segment_ids_BT)
-        heads = lambda x: jnp.repeat(l2_normalize(x.reshape(B, T, H, K)), HV // H, axis=2)
+        phi = FEATURE_MAPS[self.feature_map]
+        heads = lambda x: jnp.repeat(phi(x.reshape(B, T, H, K)), HV // H, axis=2)
         o_BTNV, new_cache["state"] = linear_attention(
             heads(q), heads(k), v.reshape(B, T, HV, V),
             initial_state=None if cache is None else cache["state"], segment_ids=segment_ids_BT,

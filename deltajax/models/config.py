@@ -13,6 +13,7 @@ from typing import Any, Optional, Union
 import jax
 import jax.numpy as jnp
 
+from deltajax.layers.linear_attention import FEATURE_MAPS
 from deltajax.models.mixers import MIXERS
 from deltajax.ops import Backend, check_chunk_size, parse_backend
 
@@ -87,9 +88,13 @@ class LinearAttentionOptions:
     """Linear attention has one path, so no backend: a backend meant for it is an error."""
 
     chunk_size: int = 64
+    feature_map: str = "l2_norm"  # on q and k: "l2_norm" (DeltaNet's) or "elu_plus_one"
 
     def __post_init__(self):
         check_chunk_size(self.chunk_size, "ModelConfig.linear_attention.chunk_size")
+        if self.feature_map not in FEATURE_MAPS:
+            raise ValueError(f"ModelConfig.linear_attention.feature_map must be one of "
+                             f"{sorted(FEATURE_MAPS)}, got {self.feature_map!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -40,7 +40,8 @@ def _delta_product(c):
 
 
 def _linear(c):
-    return dict(**_conv(c), chunk_size=c.options("linear_attention").chunk_size)
+    options = c.options("linear_attention")
+    return dict(**_conv(c), chunk_size=options.chunk_size, feature_map=options.feature_map)
 
 
 def _attention(c):

@@ -32,6 +32,7 @@ MIXERS = {
     "gated_deltanet": GatedDeltaNet(D, H, chunk_size=8),
     "delta_product": DeltaProduct(D, H, num_householder=3, chunk_size=8),
     "linear_attention": LinearAttention(D, H, chunk_size=8),
+    "linear_attention_elu": LinearAttention(D, H, chunk_size=8, feature_map="elu_plus_one"),
     "attention": Attention(D, H),
     "swa": Attention(D, H, window_size=3),
     "swa_short_conv": Attention(D, H, window_size=3, conv_size=3),

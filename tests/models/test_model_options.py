@@ -143,6 +143,7 @@ def test_a_group_no_layer_reads_is_rejected(mixer, group):
     ("delta_product", dict(num_householder=0), "delta_product.num_householder"),
     ("linear_attention", dict(chunk_size=3), "linear_attention.chunk_size"),
     ("linear_attention", dict(backend="chunked"), "linear_attention.backend"),
+    ("linear_attention", dict(feature_map="elu"), "linear_attention.feature_map"),
     ("attention", dict(window_size=0), "attention.window_size"),
     ("attention", dict(rope_theta=-1.0), "attention.rope_theta"),
     ("attention", dict(rope=0), "attention.rope"),
