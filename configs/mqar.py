@@ -19,7 +19,7 @@ PRESETS = {
     "cpu_sweep": "conv ablation at (128, 16), d 64; make-run mixers at (128, 32), lr 1e-2, "
                  "d 32; 2 seeds",
     "cpu_hard": "(512, 64): DeltaNet with and without conv, d_model 128 and 256; 2 cores, hours",
-    "cpu": "`make run`: DeltaNet, linear attention, attention+conv at (128, 16), d 64, lr 1e-2",
+    "cpu": "`make run`: DeltaNet, linear attention (L2 and elu+1 maps), attention+conv; minutes",
     "smoke": "seconds, for the tests",
 }
 # (seq_len, num_kv_pairs) of the published grid.
@@ -31,7 +31,7 @@ CPU_LEARNING_RATE = PAPER_LEARNING_RATES[2]
 # seed of two in cpu_sweep; at the fourth, cpu_sweep has every make-run mixer with both seeds.
 MAKE_RUN_LEARNING_RATE = PAPER_LEARNING_RATES[3]
 SEEDS = (0, 1)
-MAKE_RUN_MIXERS = ("deltanet", "linear_attention", "attention_conv")
+MAKE_RUN_MIXERS = ("deltanet", "linear_attention", "linear_attention_elu", "attention_conv")
 # A mixer of the study -> its model fields. A ModelConfig rejects an option group that none of
 # its layers uses, so each variant drops the base model's groups it does not use. The
 # recurrent mixers carry FLA's short convolution by default; `_noconv` removes it. Attention
@@ -45,6 +45,9 @@ MIXERS = {
     "linear_attention": dict(mixer="linear_attention", delta_rule=None, attention=None),
     "linear_attention_noconv": dict(mixer="linear_attention", conv=dict(enabled=False),
                                     delta_rule=None, attention=None),
+    # Katharopoulos et al.'s positive feature map elu(x) + 1 instead of L2-normalised q and k.
+    "linear_attention_elu": dict(mixer="linear_attention", delta_rule=None, attention=None,
+                                 linear_attention=dict(feature_map="elu_plus_one")),
     "attention": dict(mixer="attention", delta_rule=None),
     "attention_conv": dict(mixer="attention", delta_rule=None, attention=dict(conv_size=4)),
     "swa": dict(mixer="swa", delta_rule=None),
@@ -67,7 +70,8 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
         conv=None,                                        # the mixers' default short conv
         delta_rule=dict(backend="auto", chunk_size=64),   # "recurrent" (the lax.scan), "chunked"
         attention=dict(window_size=32,                    # "swa": tokens each position sees
-                       conv_size=None)))                  # set by the *_conv mixers
+                       conv_size=None),                   # set by the *_conv mixers
+        linear_attention=None))                           # set by linear_attention_elu
 
     # deltajax.train.fit's fields; the study sets eval.num_batches to cover the eval set.
     c.train = ml_collections.ConfigDict()

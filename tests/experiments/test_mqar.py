@@ -13,6 +13,7 @@ from configs.mqar import (
     CPU_LEARNING_RATE,
     MAKE_RUN_LEARNING_RATE,
     MAKE_RUN_MIXERS,
+    MIXERS,
     PAPER_LEARNING_RATES,
     PAPER_SETTINGS,
     get_config,
@@ -148,7 +149,7 @@ def test_table_gives_the_published_value_of_a_mixer_and_setting():
 def test_presets_plan_the_published_grid_and_one_recipe_per_cpu_preset():
     paper = get_config("paper")
     cells = [mqar.cell(paper, run) for run in paper.sweep]
-    assert len(cells) == 10 * 4 * 4 * 4 * 2  # mixers with and without conv, 2 seeds
+    assert len(cells) == len(MIXERS) * 4 * 4 * 4 * 2  # d_models, settings, lrs, 2 seeds
     assert {(c[0], c[1]) for c in cells} == set(PAPER_SETTINGS)
     np.testing.assert_allclose(sorted({c[4] for c in cells}), np.logspace(-4, -2, 4))
     for preset in ("cpu", "cpu_sweep", "cpu_hard"):
@@ -156,8 +157,8 @@ def test_presets_plan_the_published_grid_and_one_recipe_per_cpu_preset():
     assert {mqar.cell(get_config("cpu_hard"), r)[4] for r in get_config("cpu_hard").sweep} == {
         CPU_LEARNING_RATE}
     cpu = get_config("cpu")
-    assert [mqar.cell(cpu, r)[2] for r in cpu.sweep] == ["deltanet", "linear_attention",
-                                                         "attention_conv"]
+    assert [mqar.cell(cpu, r)[2] for r in cpu.sweep] == [
+        "deltanet", "linear_attention", "linear_attention_elu", "attention_conv"]
     assert {mqar.cell(cpu, r)[4] for r in cpu.sweep} == {MAKE_RUN_LEARNING_RATE}
     # The sweep: the make-run mixers share one set of rates in each (setting, d_model), the
     # others have the grid's third alone, and make run's cell is among them.
