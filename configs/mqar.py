@@ -16,8 +16,8 @@ from deltajax.study import named_run, new_config, run_id
 # A preset -> one line for --help.
 PRESETS = {
     "paper": "the published grid, every mixer with and without short conv, 4 lrs, 2 seeds; GPU/TPU",
-    "cpu_sweep": "conv ablation at (128, 16), d 64; make-run mixers at (128, 32), lr 1e-2, "
-                 "d 32; 2 seeds",
+    "cpu_sweep": "conv ablation at (128, 16); make-run mixers at (64, 4) to (256, 16), "
+                 "lr 1e-2, d 32; 2 seeds",
     "cpu_hard": "(512, 64): DeltaNet with and without conv, d_model 128 and 256; 2 cores, hours",
     "cpu": "`make run`: DeltaNet, linear attention (L2 and elu+1 maps), attention+conv; minutes",
     "smoke": "seconds, for the tests",
@@ -121,6 +121,9 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
         # where the 16 pairs fill half of a head's 32 key dimensions.
         c.sweep += sweep(MAKE_RUN_MIXERS, (32, 64), ((128, 16),), (MAKE_RUN_LEARNING_RATE,),
                          seeds)
+        # and then the published cells short of (512, 64), which train in minutes here.
+        c.sweep += sweep(MAKE_RUN_MIXERS, d_models, PAPER_SETTINGS[:3],
+                         (MAKE_RUN_LEARNING_RATE,), seeds)
     return c
 
 

@@ -172,6 +172,9 @@ def test_presets_plan_the_published_grid_and_one_recipe_per_cpu_preset():
         assert others <= {CPU_LEARNING_RATE}, cell
     assert MAKE_RUN_LEARNING_RATE in lrs[128, 16, 64]["attention_conv"]
     assert lrs[128, 32, 64]["deltanet"] == {CPU_LEARNING_RATE, PAPER_LEARNING_RATES[3]}
+    # Every published cell but (512, 64), for every make-run mixer at make run's rate.
+    assert all(lrs[T, kv, 64][m] == {MAKE_RUN_LEARNING_RATE}
+               for T, kv in PAPER_SETTINGS[:3] for m in MAKE_RUN_MIXERS)
     sweep_cells = [mqar.cell(get_config("cpu_sweep"), r) for r in get_config("cpu_sweep").sweep]
     assert {c[5] for c in sweep_cells} == {0, 1}
     assert {c[2] for c in sweep_cells} >= {"attention", "attention_conv", "deltanet_noconv"}
