@@ -25,7 +25,7 @@ PRESETS = {
 # (seq_len, num_kv_pairs) of the published grid.
 PAPER_SETTINGS = ((64, 4), (128, 8), (256, 16), (512, 64))
 PAPER_LEARNING_RATES = tuple(float(lr) for lr in np.logspace(-4, -2, 4))
-# The learning rate of every CPU preset: the grid's third, fixed before any CPU run.
+# The CPU presets' first learning rate: the grid's third, fixed before any CPU run.
 CPU_LEARNING_RATE = PAPER_LEARNING_RATES[2]
 # `make run`'s, the grid's fourth: at the third, attention+conv passed 99% at (128, 16) with one
 # seed of two in cpu_sweep; at the fourth, cpu_sweep has every make-run mixer with both seeds.
@@ -116,7 +116,7 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
         # grid's next learning rate for the same three mixers (Zoology's protocol: the best of
         # one grid per mixer).
         c.sweep += sweep(MAKE_RUN_MIXERS, d_models, ((128, 32),),
-                         (*learning_rates, PAPER_LEARNING_RATES[3]), seeds)
+                         (*learning_rates, MAKE_RUN_LEARNING_RATE), seeds)
         # Added after those: `make run`'s cell at its learning rate, and at half the width,
         # where the 16 pairs fill half of a head's 32 key dimensions.
         c.sweep += sweep(MAKE_RUN_MIXERS, (32, 64), ((128, 16),), (MAKE_RUN_LEARNING_RATE,),
