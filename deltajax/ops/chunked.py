@@ -19,9 +19,10 @@ Only S and its cotangent are sequential. Two layouts compute the same thing:
   one chunk's intermediates are live: memory O(T (K + V) + (T / C) K V).
 Both keep only the inputs and the state entering each chunk for the backward. `_layouts` picks
 one for a call that is only evaluated and one for a differentiated call: on CPU the scanned
-layout, except a differentiated call whose [chunks, C, max(C, K, V)] arrays stay small (large
-batched arrays leave the cache and run slower than the scan's); elsewhere the batched layout
-(deltajax/ops/README.md has the measurements).
+layout, except a differentiated call of a few chunks whose [chunks, C, max(C, K, V)] arrays stay
+small (large batched arrays leave the cache and run slower than the scan's, and keep every
+chunk's factors in memory); elsewhere the batched layout (deltajax/ops/README.md has the
+measurements).
 """
 
 from typing import NamedTuple, Optional
@@ -101,26 +102,31 @@ def delta_rule_chunked(
         S0_BHKV = initial_state_BHKV.astype(jnp.float32)
 
     layouts = ((batched, batched) if batched is not None
-               else _layouts(jax.default_backend(), N * B * H * C * max(C, K, V)))
+               else _layouts(jax.default_backend(), N, N * B * H * C * max(C, K, V)))
     o_NBHCV, final_BHKV = _CHUNKED[layouts](
         q_NBHCK, k_NBHCK, v_NBHCV, beta_NBHC, G_NBHC, seg_NBC, seg_prev_NB, S0_BHKV)
     o_BTHV = jnp.moveaxis(o_NBHCV, (0, 2), (1, 3)).reshape(B, N * C, H, V)[:, :T]
     return o_BTHV.astype(v_BTHV.dtype), final_BHKV
 
 
-# The CPU's batched backward: while one [chunks, C, max(C, K, V)] float32 array over the batch
-# and heads is at most this many bytes (T = 1024 at K = 64, H = 4, B = 1).
+# The CPU's batched backward: for at most this many chunks, while one [chunks, C, max(C, K, V)]
+# float32 array over the batch and heads is at most this many bytes (T <= 512 at K = 64, H = 4,
+# B = 1; the CPU presets of the studies, 1 or 2 chunks of batch 32).
+CPU_BATCHED_MAX_CHUNKS = 8
 CPU_BATCHED_MAX_BYTES = 1 << 20
 
 
-def _layouts(platform: str, array_elements: int) -> tuple[bool, bool]:
+def _layouts(platform: str, num_chunks: int, array_elements: int) -> tuple[bool, bool]:
     """Whether an evaluated call and a differentiated call take the batched layout, on
-    `platform` with [chunks, C, max(C, K, V)] arrays of array_elements elements. Differentiated,
-    the batched layout's forward and backward compute the same factors in one program, which
-    XLA computes once: faster, and the reason its memory is that of the stored factors."""
+    `platform`, for num_chunks chunks and [chunks, C, max(C, K, V)] arrays of array_elements
+    elements. Differentiated, the batched layout's forward and backward compute the same factors
+    in one program, which XLA computes once: faster where the scan has few steps, and the reason
+    its memory is that of the stored factors (1.9x the scanned layout's at T = 1024, K = 64),
+    which is why it stops at a few chunks."""
     if platform != "cpu":
         return True, True
-    return False, 4 * array_elements <= CPU_BATCHED_MAX_BYTES
+    return False, (num_chunks <= CPU_BATCHED_MAX_CHUNKS
+                   and 4 * array_elements <= CPU_BATCHED_MAX_BYTES)
 
 
 class _Factors(NamedTuple):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from deltajax.ops import delta_rule
-from deltajax.ops.chunked import delta_rule_chunked
+from deltajax.ops.chunked import _layouts, delta_rule_chunked
 from tests.numerics import relative_error
 from tests.ops.cases import Case, cotangents, make_inputs
 from tests.ops.reference import delta_rule_reference, delta_rule_reference_jax
@@ -124,6 +124,20 @@ def test_both_chunked_layouts_match_float64_reference(batched):
         return o, final_state, vjp((jnp.asarray(do, jnp.float32), jnp.asarray(dfinal)))[0]
 
     assert_matches_float64_reference(case, *forward_and_vjp(arrays))
+
+
+def test_cpu_layout_choice_batches_only_few_small_chunks():
+    # (chunks, elements of one [chunks, C, max(C, K, V)] array over B and H) -> (evaluated call
+    # batched, differentiated call batched). The batched layout keeps every chunk's factors.
+    def elements(T, B, H, K, C=64):
+        return -(-T // C) * B * H * C * max(C, K)
+
+    assert _layouts("cpu", 2, elements(128, B=32, H=1, K=64)) == (False, True)  # MQAR's CPU run
+    assert _layouts("cpu", 8, elements(512, B=1, H=4, K=64)) == (False, True)
+    # The memory of T = 1024 at K = 64 stays the scanned layout's (1.9x less).
+    assert _layouts("cpu", 16, elements(1024, B=1, H=4, K=64)) == (False, False)
+    assert _layouts("cpu", 4, elements(256, B=64, H=2, K=32)) == (False, False)  # 8 MiB
+    assert _layouts("gpu", 16, elements(1024, B=1, H=4, K=64)) == (True, True)
 
 
 def test_auto_backend_matches_reference_for_training_and_decoding():
