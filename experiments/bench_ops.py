@@ -164,6 +164,26 @@ def matmul_gflops(repeats: int, n: int) -> float:
     return 2 * n**3 / study.median_seconds(dot, a, b, repeats=repeats) / 1e9
 
 
+def chunk_matmul_gflops(repeats: int, *, batch_heads: int, C: int, K: int, V: int,
+                        steps: int = 64) -> float:
+    """The rate of the matmuls the chunked scans are made of: a jitted lax.scan of `steps`
+    steps, each one [batch_heads, C, K] x [batch_heads, K, V] f32 jnp.einsum at precision HIGHEST
+    (2 batch_heads C K V FLOPs a step), the work a scan step of the chunked path does at most
+    per matmul. The chunked path cannot run faster than this; the large-matmul rate is what the
+    CPU reaches on matmuls large enough to use every core."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(steps, batch_heads, C, K)), jnp.float32)
+    y = jnp.asarray(rng.normal(size=(steps, batch_heads, K, V)), jnp.float32)
+
+    def scan(x, y):
+        def step(acc, xy):
+            return acc + jnp.einsum("bck,bkv->bcv", *xy, precision=jax.lax.Precision.HIGHEST), None
+        return jax.lax.scan(step, jnp.zeros((batch_heads, C, V), jnp.float32), (x, y))[0]
+
+    seconds = study.median_seconds(jax.jit(scan), x, y, repeats=repeats)
+    return 2 * steps * batch_heads * C * K * V / seconds / 1e9
+
+
 @dataclasses.dataclass
 class Row:
     head_dim: int
@@ -226,19 +246,28 @@ def measure_cell(backends, T, *, B, H, D, gated, dtype, chunk_size, repeats) -> 
     return rows
 
 
-def to_markdown(rows, *, header, command, dot_gflops, matmul_size) -> str:
+def to_markdown(rows, *, header, command, dot_gflops, matmul_size, chunk_gflops,
+                chunk_shape) -> str:
+    """chunk_gflops: K -> chunk_matmul_gflops at that K (= V); chunk_shape: its (B H, C)."""
+    batch_heads, C = chunk_shape
     lines = [header, "", f"Command: `{command}`", "",
              f"Large-matmul rate of this process: {dot_gflops:.1f} GFLOP/s (median of a jitted "
-             f"{matmul_size}x{matmul_size} f32 jnp.dot, precision HIGHEST). GFLOP/s: the "
-             "algorithm's matmul FLOPs (bench_ops.py's *_flops) over the median time; the "
-             "backward counts useful FLOPs only, not the recomputation of the chunk factors. "
-             "% dot: fwd+bwd GFLOP/s as a fraction of the matmul rate.", "",
+             f"{matmul_size}x{matmul_size} f32 jnp.dot, precision HIGHEST). Chunk-matmul rate: "
+             + ", ".join(f"K={K}: {rate:.1f} GFLOP/s ({100 * rate / dot_gflops:.0f}% of it)"
+                         for K, rate in chunk_gflops.items())
+             + f" (bench_ops.chunk_matmul_gflops: a lax.scan of 64 steps of one "
+             f"[{batch_heads}, {C}, K] x [{batch_heads}, K, K] einsum, the largest matmul of a "
+             "chunked scan step). GFLOP/s: the algorithm's matmul FLOPs (bench_ops.py's *_flops) "
+             "over the median time; the backward counts useful FLOPs only, not the recomputation "
+             "of the chunk factors. % dot: fwd+bwd GFLOP/s as a fraction of the large-matmul "
+             "rate; % chunk: of the chunk-matmul rate at that K.", "",
              "| K=V | gate | T | backend | forward ms | fwd+bwd ms | fwd GFLOP/s | "
-             "fwd+bwd GFLOP/s | % dot | fwd+bwd peak MiB |",
-             "|---:|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+             "fwd+bwd GFLOP/s | % dot | % chunk | fwd+bwd peak MiB |",
+             "|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {r.head_dim} | {'yes' if r.gated else 'no'} | {r.seq_len} | {r.backend} | "
               f"{r.forward_ms:.2f} | {r.train_ms:.2f} | {r.forward_gflops:.2f} | "
               f"{r.train_gflops:.2f} | {100 * r.train_gflops / dot_gflops:.1f}% | "
+              f"{100 * r.train_gflops / chunk_gflops[r.head_dim]:.0f}% | "
               f"{r.train_peak_mib:.1f} |" for r in rows]
     by_key = {(r.head_dim, r.gated, r.seq_len, r.backend): r for r in rows}
     ratios = [(key, by_key[key + ("recurrent",)], by_key[key + ("chunked",)])
@@ -289,6 +318,10 @@ def main(argv):
     n = FLAGS.matmul_size
     dot_gflops = matmul_gflops(max(repeats, 3), n)
     print(f"jnp.dot {n}x{n} f32: {dot_gflops:.1f} GFLOP/s", flush=True)
+    chunk_gflops = {D: chunk_matmul_gflops(max(repeats, 3), batch_heads=B * H,
+                                           C=FLAGS.chunk_size, K=D, V=D) for D in head_dims}
+    print("chunk matmuls: " + ", ".join(f"K={D} {g:.1f} GFLOP/s" for D, g in chunk_gflops.items()),
+          flush=True)
     rows = []
     for D in head_dims:
         for gated in gated_cases:
@@ -303,6 +336,7 @@ def main(argv):
                           flush=True)
 
     table = to_markdown(rows, header=header, dot_gflops=dot_gflops, matmul_size=n,
+                        chunk_gflops=chunk_gflops, chunk_shape=(B * H, FLAGS.chunk_size),
                         command=study.command_line("experiments.bench_ops"))
     study.publish_table(out, table)
 

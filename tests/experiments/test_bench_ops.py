@@ -24,6 +24,8 @@ def test_bench_ops_writes_a_table_with_every_cell_backend_and_the_ratio(tmp_path
     table = out.read_text()
     assert "JAX " in table and "B=1, H=1, K=V in {8}" in table
     assert "Large-matmul rate of this process: " in table and "64x64 f32 jnp.dot" in table
+    assert "Chunk-matmul rate: K=8: " in table and "[1, 16, K] x [1, K, K] einsum" in table
+    assert "| % dot | % chunk |" in table
     for K in (8,):
         for gate in ("no", "yes"):
             for backend in ("recurrent", "chunked", "chunked:scanned"):
