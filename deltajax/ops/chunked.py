@@ -121,7 +121,7 @@ def _layouts(platform: str, num_chunks: int, array_elements: int) -> tuple[bool,
     `platform`, for num_chunks chunks and [chunks, C, max(C, K, V)] arrays of array_elements
     elements. Differentiated, the batched layout's forward and backward compute the same factors
     in one program, which XLA computes once: faster where the scan has few steps, and the reason
-    its memory is that of the stored factors (1.9x the scanned layout's at T = 1024, K = 64),
+    its memory is that of the stored factors (1.7-2x the scanned layout's at T = 1024, K = 64),
     which is why it stops at a few chunks."""
     if platform != "cpu":
         return True, True

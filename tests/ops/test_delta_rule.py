@@ -134,7 +134,7 @@ def test_cpu_layout_choice_batches_only_few_small_chunks():
 
     assert _layouts("cpu", 2, elements(128, B=32, H=1, K=64)) == (False, True)  # MQAR's CPU run
     assert _layouts("cpu", 8, elements(512, B=1, H=4, K=64)) == (False, True)
-    # The memory of T = 1024 at K = 64 stays the scanned layout's (1.9x less).
+    # The memory of T = 1024 at K = 64 stays the scanned layout's (1.7-2x less).
     assert _layouts("cpu", 16, elements(1024, B=1, H=4, K=64)) == (False, False)
     assert _layouts("cpu", 4, elements(256, B=64, H=2, K=32)) == (False, False)  # 8 MiB
     assert _layouts("gpu", 16, elements(1024, B=1, H=4, K=64)) == (True, True)
