@@ -10,7 +10,7 @@ from deltajax.ops.chunked import _unit_lower_inverse, delta_rule_chunked
 from tests.ops.cases import Case, make_inputs
 
 
-@pytest.mark.parametrize("C", [1, 5, 16, 64])
+@pytest.mark.parametrize("C", [1, 2, 5, 16, 64, 128])
 def test_unit_lower_inverse_matches_numpy(C):
     rng = np.random.default_rng(C)
     k = rng.normal(size=(2, 3, C, 8))
