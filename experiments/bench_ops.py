@@ -168,9 +168,9 @@ def chunk_matmul_gflops(repeats: int, *, batch_heads: int, C: int, K: int, V: in
                         steps: int = 64) -> float:
     """The rate of the matmuls the chunked scans are made of: a jitted lax.scan of `steps`
     steps, each one [batch_heads, C, K] x [batch_heads, K, V] f32 jnp.einsum at precision HIGHEST
-    (2 batch_heads C K V FLOPs a step), the work a scan step of the chunked path does at most
-    per matmul. The chunked path cannot run faster than this; the large-matmul rate is what the
-    CPU reaches on matmuls large enough to use every core."""
+    (2 batch_heads C K V FLOPs a step), the largest matmul a scan step of the chunked path does:
+    a ceiling for the chunked path, whose other matmuls are smaller. The large-matmul rate is
+    what the CPU reaches on matmuls large enough to use every core."""
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(steps, batch_heads, C, K)), jnp.float32)
     y = jnp.asarray(rng.normal(size=(steps, batch_heads, K, V)), jnp.float32)
