@@ -37,15 +37,8 @@ def _einsum(spec, *operands):
     return jnp.einsum(spec, *operands, precision=_PRECISION)
 
 
-# The backward's sums over an axis of C x K products, as matrix-vector products: XLA's CPU
-# backend (jaxlib 0.10) runs such a multiply-reduce ~20x slower than the dot (83 us against 4 us
-# for [4, 64, 128] inside a scan step); as dots, fwd+bwd ran 1.11-1.16x faster at T = 1024.
-def _sum_last(x):
-    return _einsum("...i,i->...", x, jnp.ones(x.shape[-1], x.dtype))
-
-
-def _sum_second_last(x):
-    return _einsum("...ij,i->...j", x, jnp.ones(x.shape[-2], x.dtype))
+def _matmul(a, b):
+    return _einsum("...ij,...jk->...ik", a, b)
 
 
 def delta_rule_chunked(
@@ -200,16 +193,14 @@ def _unit_lower_inverse(A_BHCC: jax.Array) -> jax.Array:
     diag_BHMbb = jnp.einsum("...mimj->...mij", A_BHCC.reshape(lead + (Cp // b, b, Cp // b, b)))
     eye = _leading_ones(jnp.eye(b, dtype=A_BHCC.dtype), diag_BHMbb.ndim)
     N = diag_BHMbb - eye
-    N2 = _einsum("...ij,...jk->...ik", N, N)
-    N4 = _einsum("...ij,...jk->...ik", N2, N2)
-    T_BHMbb = _einsum("...ij,...jk->...ik",
-                      _einsum("...ij,...jk->...ik", eye - N, eye + N2), eye + N4)
+    N2 = _matmul(N, N)
+    N4 = _matmul(N2, N2)
+    T_BHMbb = _matmul(_matmul(eye - N, eye + N2), eye + N4)
     while b < Cp:
         M = Cp // (2 * b)
         diag_BHM22 = jnp.einsum("...mimj->...mij", A_BHCC.reshape(lead + (M, 2 * b, M, 2 * b)))
         T11, T22 = T_BHMbb[..., 0::2, :, :], T_BHMbb[..., 1::2, :, :]
-        T21 = -_einsum("...ij,...jk->...ik", _einsum("...ij,...jk->...ik", T22,
-                                                       diag_BHM22[..., b:, :b]), T11)
+        T21 = -_matmul(_matmul(T22, diag_BHM22[..., b:, :b]), T11)
         T_BHMbb = jnp.concatenate([jnp.concatenate([T11, jnp.zeros_like(T11)], -1),
                                    jnp.concatenate([T21, T22], -1)], -2)
         b *= 2
@@ -230,6 +221,17 @@ def _batched_forward(q, k, v, beta, G, seg, segp, S0_BHKV):
     final_BHKV, (u, S_N) = jax.lax.scan(step, S0_BHKV, (f.W, f.U, f.Kd, f.gamma[..., -1]))
     o = _einsum("...ck,...kv->...cv", f.Qg, S_N) + _einsum("...ij,...jv->...iv", f.P, u)
     return o, final_BHKV, S_N
+
+
+# The backward's sums over an axis of C x K products, as matrix-vector products: XLA's CPU
+# backend (jaxlib 0.10) runs such a multiply-reduce ~20x slower than the dot (83 us against 4 us
+# for [4, 64, 128] inside a scan step); as dots, fwd+bwd ran 1.11-1.16x faster at T = 1024.
+def _sum_last(x):
+    return _einsum("...i,i->...", x, jnp.ones(x.shape[-1], x.dtype))
+
+
+def _sum_second_last(x):
+    return _einsum("...ij,i->...j", x, jnp.ones(x.shape[-2], x.dtype))
 
 
 def _backward(f: _Factors, q, k, v, beta, S, dS_next, du, do):
