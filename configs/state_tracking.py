@@ -29,7 +29,8 @@ mixer of it, fixed before any result):
          [0, 2], n_h = 2 with [0, 1]) and the same three on Z3 (counting mod 3), and DeltaNet
          both ways on modular arithmetic; 1 layer,
          d_model 32, no short convolutions (see below), batch 32, lr 3e-3, at most 3000 steps,
-         train length 40 (S3: 32), scored up to 5x (S3: 4x). Cut from the full grid for time:
+         train length 40 (S3: 32), scored up to 5x (S3: 4x); seeds 0, 1, 2 (the table gives
+         their mean and range). Cut from the full grid for time:
          S4, A5, S5, n_h = 3, 4, Gated DeltaNet and the references on the word problems and
          arithmetic.
   cpu_groups  the cpu recipe on S4, A5 and S5 (as S3: trained on 32, scored to 128, 15000
@@ -66,6 +67,7 @@ MIXERS = {
 }
 GROUPS = ("S3", "S4", "A5", "S5")
 DELTA_PRODUCTS = tuple(f"deltaproduct{n}{neg}" for n in (1, 2, 3, 4) for neg in ("", "_neg"))
+CPU_SEEDS = (0, 1, 2)
 PAPER_CHOMSKY_MIXERS = ("deltanet", "deltanet_neg", "gated_deltanet", "gated_deltanet_neg",
                         "linear_attention", "attention")
 
@@ -108,6 +110,12 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
         return c
 
     if preset in ("cpu", "cpu_groups"):
+        # Three seeds a cell: one seed's outcome is fragile at this size (Z3 with n_h = 2, beta
+        # in [0, 2], trained the same way: 99.8% in distribution after 15000 steps with the
+        # chunked backward before commit f73f34f, solved at step 1000 with today's; the two
+        # differ in float32 rounding only). Added after the single-seed tables, for every run.
+        # cpu_groups: one seed, as none of its runs learned (11.7-13.3% on S4 at best).
+        seeds = CPU_SEEDS if preset == "cpu" else (0,)
         c.task.update(eval_lengths=(40, 80, 120, 200), num_train_examples=200_000,
                       num_eval_examples=512)
         # Timed on the shared 2-core machine (load ~5): 20-40 ms a step for DeltaNet and
@@ -163,8 +171,10 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
         c.train.eval.update(every_steps=2, num_batches=1)
         c.train.checkpoint.every_steps = 2
         runs = [("parity", {}, "deltanet_neg"), ("S3", {}, "deltaproduct2_neg")]
-        train_by_task = {}
-    c.sweep = [named_run(run_id(task, mixer), task=dict(task_fields, name=task),
-                         model=dict(MIXERS[mixer]), train=train_by_task.get(task, {}))
-               for task, task_fields, mixer in runs]
+        train_by_task, seeds = {}, (0,)
+    # Seeds outermost: a sweep stopped part-way has every cell at the first seed.
+    c.sweep = [named_run(run_id(task, mixer, seed=seed), seed=seed,
+                         task=dict(task_fields, name=task), model=dict(MIXERS[mixer]),
+                         train=train_by_task.get(task, {}))
+               for seed in seeds for task, task_fields, mixer in runs]
     return c

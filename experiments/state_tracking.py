@@ -146,44 +146,61 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 
 def cell(config, run) -> tuple:
-    """(task, mixer) of a run: its name is run_id(task, mixer)."""
-    task, mixer = run["name"].split("-", 1)
+    """(task, mixer) of a run: its name is run_id(task, mixer[, seed=...])."""
+    task, mixer = run["name"].split("-")[:2]
     return task, mixer
 
 
 def _runs_by_task(config, results) -> dict:
-    """{task: (run config, [(mixer, result or None)] in sweep order)}."""
+    """{task: (run config, {mixer: [result or None, one per seed]}) in sweep order}."""
     finished = {r["name"]: r for r in results}
     tasks = {}
     for run in study.select_runs(config):
         task, mixer = cell(config, run)
         this = study.run_config(config, run)
-        tasks.setdefault(task, (this, []))[1].append((mixer, finished.get(run["name"])))
+        rows = tasks.setdefault(task, (this, {}))[1]
+        rows.setdefault(mixer, []).append(finished.get(run["name"]))
     return tasks
 
 
+def _bins(t) -> list:
+    """The position bins' labels, "1-40", "41-80", ..."""
+    starts = (0, *t.eval_lengths[:-1])
+    return [f"{start + 1}-{end}" for start, end in zip(starts, t.eval_lengths, strict=True)]
+
+
+def accuracy_cell(accuracies: list) -> str:
+    """A bin's accuracy in %: one seed's, or the seeds' mean with their range."""
+    percent = [100 * a for a in accuracies]
+    if len(percent) == 1:
+        return f"{percent[0]:.1f}"
+    return f"{np.mean(percent):.1f} ({min(percent):.1f}-{max(percent):.1f})"
+
+
+def steps_cell(done: list) -> str:
+    """Each finished seed's steps, "*" where it stopped solved."""
+    return ", ".join(f"{r['steps']}" + ("*" if r["stopped_early"] else "") for r in done)
+
+
 def markdown_table(config, results: list) -> str:
-    """Per task: rows mixers, columns the position bins, cells accuracy in %, with the
-    published claim; "-" where the run has not finished."""
+    """Per task: rows mixers, columns the position bins, cells accuracy in % (over seeds: mean
+    and range), with the published claim; "-" where no seed has finished."""
     lines = []
     for task, (this, rows) in _runs_by_task(config, results).items():
         t = this.task
-        bins, start = [], 0
-        for end in t.eval_lengths:
-            bins.append(f"{start + 1}-{end}")
-            start = end
+        bins = _bins(t)
         lines += [f"**{task}**, trained on length {t.train_len} (columns: positions scored; "
                   f"the first is in distribution)", "",
-                  "| mixer | " + " | ".join(bins) + " | steps | published |",
-                  "|---|" + "---:|" * (len(bins) + 1) + "---|"]
-        for mixer, result in rows:
-            if result is None:
-                cells = ["-"] * (len(bins) + 1)
+                  "| mixer | " + " | ".join(bins) + " | seeds | steps | published |",
+                  "|---|" + "---:|" * len(bins) + "---:|---:|---|"]
+        for mixer, seeds in rows.items():
+            done = [r for r in seeds if r is not None]
+            if done:
+                cells = [accuracy_cell([r["accuracy_by_length"][str(end)] for r in done])
+                         for end in t.eval_lengths]
+                cells += [f"{len(done)} of {len(seeds)}", steps_cell(done)]
             else:
-                acc = result["accuracy_by_length"]
-                cells = [f"{100 * acc[str(end)]:.1f}" for end in t.eval_lengths]
-                cells.append(f"{result['steps']}" + (" (solved)" if result["stopped_early"]
-                                                     else ""))
+                cells = ["-"] * len(bins) + [f"0 of {len(seeds)}", "-"]
             lines.append(f"| {mixer} | " + " | ".join(cells) +
                          f" | {PUBLISHED.get((task, mixer), '-')} |")
         lines.append("")
@@ -191,21 +208,26 @@ def markdown_table(config, results: list) -> str:
 
 
 def plot(config, results: list, path: str) -> None:
-    """Accuracy against the end of each position bin, one panel per task, a line per mixer."""
+    """Accuracy against the end of each position bin, one panel per task, a line per mixer (the
+    seeds' mean; shaded: their range)."""
     tasks = _runs_by_task(config, results)
     fig, axes = plt.subplots(1, max(len(tasks), 1), figsize=(4.5 * max(len(tasks), 1), 3.6),
                              squeeze=False)
     for ax, (task, (this, rows)) in zip(axes[0], tasks.items(), strict=False):
-        for mixer, result in rows:
-            if result is not None:
-                lengths = list(this.task.eval_lengths)
-                ax.plot(lengths, [100 * result["accuracy_by_length"][str(n)] for n in lengths],
-                        marker="o", label=mixer)
+        lengths = list(this.task.eval_lengths)
+        for mixer, seeds in rows.items():
+            done = [r for r in seeds if r is not None]
+            if done:
+                percent = np.array([[100 * r["accuracy_by_length"][str(n)] for n in lengths]
+                                    for r in done])
+                line, = ax.plot(lengths, percent.mean(0), marker="o", label=mixer)
+                ax.fill_between(lengths, percent.min(0), percent.max(0), alpha=0.15,
+                                color=line.get_color())
         ax.axvline(this.task.train_len, color="gray", linestyle=":", linewidth=1)
         ax.set(title=f"{task} (trained on {this.task.train_len})", xlabel="position",
                ylim=(0, 101))
         ax.grid(alpha=0.3)
-        if any(result is not None for _, result in rows):
+        if any(r is not None for seeds in rows.values() for r in seeds):
             ax.legend(fontsize=7, loc="lower left")
     axes[0][0].set_ylabel("accuracy (%)")
     fig.tight_layout()
@@ -222,9 +244,10 @@ def report(config, results: list, workdir: str, png_path: str) -> tuple:
              f"{m.num_heads} heads, MLP {m.mlp}, short convolutions {conv} (a run's own "
              f"fields are in its config.json); AdamW lr {train.optimizer.learning_rate:g}, "
              f"batch {train.global_batch_size}, at most {train.num_steps} steps unless a run "
-             "sets its own (the steps column), stopping early (\"solved\") once every "
-             "in-distribution eval position is right. Cells: "
-             "accuracy (%) over the positions of a bin, "
+             "sets its own (the steps column), stopping early (\"solved\", * in the steps "
+             "column) once every in-distribution eval position is right. Cells: "
+             "accuracy (%) over the positions of a bin (with several seeds: their mean, and "
+             "their range in brackets), "
              f"{config.task.num_eval_examples} test sequences. Chance: 50% (parity), 1/|G| "
              "(word problems), 20% (arithmetic mod 5). `_neg`: beta in [0, 2] (eigenvalues "
              "in [-1, 1]); deltaproduct<n>: n Householder steps per token.")

@@ -12,7 +12,7 @@ from configs.state_tracking import MIXERS, get_config
 from deltajax import study
 from experiments import state_tracking
 
-SMOKE_RUNS = ["parity-deltanet_neg", "S3-deltaproduct2_neg"]
+SMOKE_RUNS = ["parity-deltanet_neg-seed0", "S3-deltaproduct2_neg-seed0"]
 
 
 def _smoke():
@@ -37,7 +37,7 @@ def test_study_trains_every_run_and_scores_every_length_bin(study_dir):
         assert set(result["accuracy_by_length"]) == {"8", "16"}
         assert all(0.0 <= a <= 1.0 for a in result["accuracy_by_length"].values())
         assert any(n.startswith("events.out.tfevents") for n in os.listdir(run_dir / "tensorboard"))
-    config = json.loads((study_dir / "runs" / "S3-deltaproduct2_neg" / "config.json").read_text())
+    config = json.loads((study_dir / "runs" / SMOKE_RUNS[1] / "config.json").read_text())
     assert config["task"]["name"] == "S3" and config["model"]["delta_product"] == {
         "num_householder": 2}
     assert config["model"]["delta_rule"]["allow_neg_eigval"] is True
@@ -46,7 +46,7 @@ def test_study_trains_every_run_and_scores_every_length_bin(study_dir):
 def test_report_has_a_table_per_task_with_published_claims_and_a_plot(study_dir):
     table = (study_dir / "results.md").read_text()
     assert "**parity**, trained on length 8" in table and "**S3**, trained on length 8" in table
-    assert "| 1-8 | 9-16 |" in table and "python -m experiments.x smoke" in table
+    assert "| 1-8 | 9-16 | seeds | steps |" in table and "python -m experiments.x smoke" in table
     assert "| deltanet_neg |" in table and "solves (beta in [0,2]" in table
     assert "2 of 2 runs finished" in table
     assert (study_dir / "results.png").stat().st_size > 0
@@ -87,21 +87,50 @@ def test_presets_cover_the_issue_grid_and_pass_the_checks():
         state_tracking.check(get_config(preset))
     groups = get_config("cpu_groups")
     assert {run["name"] for run in groups.sweep} == {
-        "S4-deltaproduct1_neg", "S4-deltaproduct2_neg", "S4-deltaproduct3_neg",
-        "A5-deltaproduct1_neg", "A5-deltaproduct2_neg", "S5-deltaproduct2_neg",
-        "S5-deltaproduct4_neg"}
-    assert all(state_tracking.PUBLISHED.get(tuple(run["name"].split("-")))
+        f"{cell}-seed0" for cell in ("S4-deltaproduct1_neg", "S4-deltaproduct2_neg",
+                                     "S4-deltaproduct3_neg", "A5-deltaproduct1_neg",
+                                     "A5-deltaproduct2_neg", "S5-deltaproduct2_neg",
+                                     "S5-deltaproduct4_neg")}
+    assert all(state_tracking.PUBLISHED.get(state_tracking.cell(groups, run))
                for run in groups.sweep)  # every run has the paper's claim beside it
     cpu = get_config("cpu")
-    assert cpu.sweep[0]["name"] == "parity-deltanet_neg" and cpu.sweep[1]["name"] == \
-        "parity-deltanet"  # the headline contrast first
+    assert cpu.sweep[0]["name"] == "parity-deltanet_neg-seed0" and cpu.sweep[1]["name"] == \
+        "parity-deltanet-seed0"  # the headline contrast first
     assert MIXERS["deltanet_neg"]["delta_rule"]["allow_neg_eigval"] is True
-    # Z3 is run as S3 is: the same mixers, lengths and budget, the group alone differs.
+    # Every cell at seeds 0, 1, 2, seeds outermost, the run's seed in its config; the runs of
+    # a cell differ by the seed alone.
+    cells = [state_tracking.cell(cpu, run) for run in cpu.sweep]
+    assert len(cells) == 3 * len(set(cells)) and cells[:len(cells) // 3] * 3 == cells
+    assert [study.run_config(cpu, run).seed for run in cpu.sweep] == [
+        seed for seed in (0, 1, 2) for _ in range(len(cells) // 3)]
     by_name = {run["name"]: run["overrides"] for run in cpu.sweep}
+    for name, overrides in by_name.items():
+        first = by_name[name.rsplit("-seed", 1)[0] + "-seed0"]
+        assert dict(first, seed=overrides["seed"]) == overrides
+    # Z3 is run as S3 is: the same mixers, lengths and budget, the group alone differs.
     for mixer in ("deltaproduct2_neg", "deltaproduct1_neg", "deltaproduct2"):
-        s3, z3 = by_name[f"S3-{mixer}"], by_name[f"Z3-{mixer}"]
+        s3, z3 = by_name[f"S3-{mixer}-seed0"], by_name[f"Z3-{mixer}-seed0"]
         assert dict(z3["task"], name="S3") == s3["task"] and z3["task"]["name"] == "Z3"
         assert z3["train"] == s3["train"] and z3["model"] == s3["model"]
+
+
+def test_table_gives_the_seeds_mean_range_and_steps():
+    config = get_config("cpu")
+    config.only = "parity-deltanet_neg-*"
+
+    def result(seed, accuracy, steps, solved):
+        return {"name": f"parity-deltanet_neg-seed{seed}", "steps": steps, "stopped_early": solved,
+                "accuracy_by_length": {str(n): accuracy for n in config.task.eval_lengths}}
+
+    table = state_tracking.markdown_table(config, [result(0, 1.0, 200, True),
+                                                   result(2, 0.5, 3000, False)])
+    row = next(line for line in table.splitlines() if line.startswith("| deltanet_neg |"))
+    assert row.startswith("| deltanet_neg | 75.0 (50.0-100.0) | 75.0 (50.0-100.0) |")
+    assert "| 2 of 3 | 200*, 3000 |" in row  # seed 1 has not finished
+    one = state_tracking.markdown_table(config, [result(1, 0.25, 3000, False)])
+    assert "| deltanet_neg | 25.0 | 25.0 | 25.0 | 25.0 | 1 of 3 | 3000 |" in one
+    none = state_tracking.markdown_table(config, [])
+    assert "| deltanet_neg | - | - | - | - | 0 of 3 | - |" in none
 
 
 @pytest.mark.parametrize("change, match", [
