@@ -165,7 +165,9 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
     else:  # smoke
         c.task.update(train_len=8, eval_lengths=(8, 16), num_train_examples=64,
                       num_eval_examples=16)
-        c.model.update(d_model=16, num_heads=2)
+        # No short convolutions, as the cpu presets (and so the transition analysis can read
+        # a smoke run: experiments/state_tracking_transitions.py).
+        c.model.update(d_model=16, num_heads=2, conv=dict(enabled=False))
         c.train.update(num_steps=4, global_batch_size=8)
         c.train.schedule.warmup_steps = 1
         c.train.eval.update(every_steps=2, num_batches=1)

@@ -11,6 +11,7 @@ import pytest
 from configs.state_tracking import MIXERS, get_config
 from deltajax import study
 from experiments import state_tracking
+from experiments import state_tracking_transitions as transitions
 
 SMOKE_RUNS = ["parity-deltanet_neg-seed0", "S3-deltaproduct2_neg-seed0"]
 
@@ -50,6 +51,18 @@ def test_report_has_a_table_per_task_with_published_claims_and_a_plot(study_dir)
     assert "| deltanet_neg |" in table and "solves (beta in [0,2]" in table
     assert "2 of 2 runs finished" in table
     assert (study_dir / "results.png").stat().st_size > 0
+
+
+def test_transition_analysis_reads_a_study_run_back_with_its_accuracy(study_dir):
+    [analysis] = transitions.analyse(str(study_dir), "S3-*")
+    assert analysis["name"] == SMOKE_RUNS[1] and analysis["group"] == "S3"
+    assert analysis["step"] in (2, 4) and set(analysis["accuracy_by_length"]) == {"8", "16"}
+    assert np.isfinite(analysis["group_law_error"]) and analysis["group_law_error"] > 0
+    assert set(analysis["generators"]) == {3, 4}  # S3's 3-cycles
+    table = transitions.markdown([analysis])
+    assert f"| {SMOKE_RUNS[1]} |" in table and "3 (order 3): head 0:" in table
+    with pytest.raises(ValueError, match="--only"):
+        transitions.analyse(str(study_dir), "Z5-*")
 
 
 def test_second_call_skips_finished_runs_and_publishes(study_dir, tmp_path):
