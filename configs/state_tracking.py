@@ -3,7 +3,7 @@ modular arithmetic without brackets and group word problems, trained on short se
 scored at every position of longer ones (deltajax/data/state_tracking.py).
 
     python -m experiments.state_tracking --config=configs/state_tracking.py:cpu \
-        --workdir=runs/state-tracking-cpu --out=benchmarks/results/cpu-state-tracking
+        --workdir=runs/state-tracking-cpu-seeds --out=benchmarks/results/cpu-state-tracking
 
 Presets (PRESETS below, one line each in `--help`; one recipe per preset, the same for every
 mixer of it, fixed before any result):
@@ -119,7 +119,9 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
         c.task.update(eval_lengths=(40, 80, 120, 200), num_train_examples=200_000,
                       num_eval_examples=512)
         # Timed on the shared 2-core machine (load ~5): 20-40 ms a step for DeltaNet and
-        # DeltaProduct n_h = 2 at this size, so a run that never solves costs about 2 minutes.
+        # DeltaProduct n_h = 2 at this size, so a run that never solves costs about 2 minutes
+        # (8-12 ms on one quiet core after the chunked path's CPU work: the 42 runs of the
+        # three seeds took 62 min).
         # No short convolutions: they make a token's key depend on its 3 predecessors, so the
         # reflections of parity's 1-bits differ from token to token until the convolution
         # learns to pass the current token only. At this budget, with them, DeltaNet beta in

@@ -2,7 +2,7 @@ r"""State tracking and length extrapolation: train every run of the sweep on sho
 (resuming), score it at every position of longer ones, then the tables and the plot.
 
     python -m experiments.state_tracking --config=configs/state_tracking.py:cpu \
-        --workdir=runs/state-tracking-cpu --out=benchmarks/results/cpu-state-tracking
+        --workdir=runs/state-tracking-cpu-seeds --out=benchmarks/results/cpu-state-tracking
     python -m experiments.state_tracking --config=configs/state_tracking.py:paper \
         --workdir=runs/state-tracking-paper --config.only='parity-*'
 
