@@ -47,7 +47,7 @@ from deltajax.study import named_run, new_config, run_id
 # A preset -> one line for --help (the docstring above gives each recipe in full).
 PRESETS = {
     "paper": "published grids: parity, arithmetic (Grazzi et al.), S3-S5 (Siems et al.); GPU/TPU",
-    "cpu": "parity contrast, DeltaProduct n_h 1-2 on S3 and Z3, arithmetic; d_model 32; ~1 h",
+    "cpu": "parity contrast, DeltaProduct n_h 1-2 on S3 and Z3, arithmetic; 3 seeds; ~1 h",
     "cpu_groups": "S4, A5, S5 with DeltaProduct at and below the n_h each needs; the cpu recipe",
     "smoke": "seconds, for the tests",
 }
