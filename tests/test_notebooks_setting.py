@@ -7,6 +7,7 @@ import http.server
 import json
 import os
 import re
+import socket
 import subprocess
 import threading
 import urllib.parse
@@ -199,15 +200,26 @@ def test_install_cell_in_colab_fetches_the_repository_the_notebook_was_opened_fr
     assert namespace["REPO_ROOT"] == str(tmp_path / "content" / "deltajax-repo")
 
 
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 @pytest.mark.parametrize("address", [
     "1AbCdEfGhIjKlMnOpQrStUvWxYz",  # a copy saved to Drive
     "https://github.com/someone/deltajax/blob/main/elsewhere/recall.ipynb",
     None,  # not in Colab
+    "no server",  # Colab, but its session server is not where it was
 ])
 def test_install_cell_names_the_variable_to_set_when_the_repository_is_unknown(
         address, colab_sessions, tmp_path, monkeypatch):
     monkeypatch.setattr(subprocess, "run", _refuse)
-    environ = colab_sessions(address) if address else {}
+    if address == "no server":
+        address, environ = None, {"COLAB_JUPYTER_IP": "127.0.0.1",
+                                  "KMP_TARGET_PORT": str(_closed_port())}
+    else:
+        environ = colab_sessions(address) if address else {}
     with pytest.raises(RuntimeError, match="DELTAJAX_REPO_URL") as raised:
         _run_install_cell(tmp_path / "content", monkeypatch, environ)
     assert repr(address) in str(raised.value)
