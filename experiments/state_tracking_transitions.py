@@ -2,7 +2,7 @@ r"""What a trained one-layer delta-rule model of the state-tracking study does t
 by token: why a run that is right in distribution extrapolates or not.
 
     python -m experiments.state_tracking_transitions --workdir=runs/state-tracking-cpu-seeds \
-        --only='Z3-deltaproduct2*,S3-deltaproduct2*' \
+        --only='Z3-*,S3-*' \
         --out=benchmarks/results/cpu-state-tracking-transitions
 
 A token's update of the state is affine, S -> M S + B. M (per head, K x K) is read from the model
@@ -171,7 +171,7 @@ if __name__ == "__main__":
     from absl import app, flags
     flags.DEFINE_string("workdir", "runs/state-tracking-cpu-seeds", "A state-tracking study's "
                         "workdir (its runs/ folder holds the runs).")
-    flags.DEFINE_string("only", "Z3-deltaproduct2*,S3-deltaproduct2*",
+    flags.DEFINE_string("only", "Z3-*,S3-*",
                         "Comma-separated globs of run names (one-layer runs of a group task, "
                         "no short convolutions).")
     flags.DEFINE_string("out", None, "Also write <out>.md and <out>.json.")
