@@ -15,6 +15,9 @@ measures length extrapolation position by position.
                         end (the papers' loss) are our choice: one sequence scores every length.
   word problem          inputs group elements g_1..g_T (token = the element's index); target t =
                         g_1 g_2 ... g_t, for Z_m, S_n and A_n (S3, S4, A5, S5 in the papers).
+                        max_moved_points=k draws the inputs from the permutations that move at
+                        most k points (Grazzi et al.'s Sec. 5.2: S5 with "only swaps", k = 2,
+                        and with "swaps, 3-perm.", k = 3); the targets still cover the group.
 """
 
 import dataclasses
@@ -199,16 +202,20 @@ class ModularArithmeticSource:
 @dataclasses.dataclass(frozen=True)
 class WordProblemSource:
     """Example i: uniform elements of `group` ("Z5", "S3", "A5", ...) and their running products,
-    int32 [seq_len] each."""
+    int32 [seq_len] each. max_moved_points=k >= 2 (permutation groups): inputs uniform over the
+    elements that move at most k points instead (tokens keep the group's indices)."""
 
     num_examples: int
     seq_len: int
     group: str = "S3"
     seed: int = 0
+    max_moved_points: int = 0  # 0: every element
 
     def __post_init__(self):
         _check_sizes("WordProblemSource", self.num_examples, self.seq_len)
-        object.__setattr__(self, "_group", make_group(self.group))
+        group = make_group(self.group)
+        object.__setattr__(self, "_group", group)
+        object.__setattr__(self, "_inputs", _input_elements(group, self.max_moved_points))
 
     @property
     def vocab_size(self) -> int:
@@ -219,17 +226,38 @@ class WordProblemSource:
 
     def __getitem__(self, index: int) -> dict:
         rng = _rng(self.seed, index, self.num_examples, "WordProblemSource")
-        word = rng.integers(0, self._group.order, self.seq_len).astype(np.int32)
+        word = self._inputs[rng.integers(0, len(self._inputs), self.seq_len)]
         return {"inputs": word, "targets": self._group.running_products(word)}
 
 
-def make_source(task: str, *, num_examples: int, seq_len: int, seed: int = 0, modulus: int = 5):
-    """task "parity", "modular_arithmetic" (with modulus) or a group name ("S3", "Z5", "A5")."""
+def _input_elements(group: Group, max_moved_points) -> np.ndarray:
+    """The element indices a word draws from, int32: all, or those moving at most k points."""
+    k = max_moved_points
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0 or k == 1:
+        raise ValueError("WordProblemSource.max_moved_points must be 0 (every element) or an "
+                         f"integer >= 2, got {k!r}")
+    if k == 0:
+        return np.arange(group.order, dtype=np.int32)
+    if not group.perms:
+        raise ValueError(f"WordProblemSource.max_moved_points={k} needs a permutation group "
+                         f"(S<n> or A<n>), got {group.name!r}")
+    moved = [sum(p[x] != x for x in range(len(p))) for p in group.perms]
+    elements = np.array([i for i, m in enumerate(moved) if m <= k], np.int32)
+    if len(elements) == 1:  # A_n has no transposition
+        raise ValueError(f"WordProblemSource.max_moved_points={k}: no element of "
+                         f"{group.name!r} but the identity moves at most {k} points")
+    return elements
+
+
+def make_source(task: str, *, num_examples: int, seq_len: int, seed: int = 0, modulus: int = 5,
+                max_moved_points: int = 0):
+    """task "parity", "modular_arithmetic" (with modulus) or a group name ("S3", "Z5", "A5";
+    with max_moved_points, see WordProblemSource)."""
     if task == "parity":
         return ParitySource(num_examples, seq_len, seed)
     if task == "modular_arithmetic":
         return ModularArithmeticSource(num_examples, seq_len, modulus, seed)
     if isinstance(task, str) and _GROUP_NAME.fullmatch(task):
-        return WordProblemSource(num_examples, seq_len, task, seed)
+        return WordProblemSource(num_examples, seq_len, task, seed, max_moved_points)
     raise ValueError(f"task must be 'parity', 'modular_arithmetic' or a group name such as "
                      f"'S3', 'Z5', 'A5'; got {task!r}")

@@ -78,6 +78,26 @@ def test_word_problem_targets_are_the_running_products():
     assert source.vocab_size == 6
 
 
+@pytest.mark.parametrize("moved, count", [(2, 1 + 10), (3, 1 + 10 + 20)])
+def test_restricted_inputs_move_few_points_and_the_targets_cover_the_group(moved, count):
+    # Grazzi et al.'s S5 "only swaps" (identity and the 10 transpositions) and "swaps, 3-perm."
+    # (and the 20 3-cycles): the inputs are those elements only, the labels any element.
+    source = make_source("S5", num_examples=64, seq_len=40, seed=0, max_moved_points=moved)
+    group = make_group("S5")
+    inputs = np.concatenate([source[i]["inputs"] for i in range(64)])
+    targets = np.concatenate([source[i]["targets"] for i in range(64)])
+    moved_by = {g: sum(p[x] != x for x in range(5)) for g, p in enumerate(group.perms)}
+    assert len(set(inputs.tolist())) == count and max(moved_by[g] for g in inputs) == moved
+    assert len(set(targets.tolist())) == 120 and source.vocab_size == 120
+    example = source[3]
+    np.testing.assert_array_equal(example["targets"],
+                                  group.running_products(example["inputs"]))
+    # 0 (every element) draws exactly the unrestricted words.
+    every = make_source("S5", num_examples=4, seq_len=9, seed=1, max_moved_points=0)[2]
+    np.testing.assert_array_equal(every["inputs"], make_source(
+        "S5", num_examples=4, seq_len=9, seed=1)[2]["inputs"])
+
+
 def test_cyclic_word_problem_is_a_running_sum():
     example = WordProblemSource(num_examples=2, seq_len=40, group="Z5", seed=0)[1]
     np.testing.assert_array_equal(example["targets"], np.cumsum(example["inputs"]) % 5)
@@ -117,6 +137,9 @@ def test_examples_depend_only_on_seed_and_index(task):
     (lambda: WordProblemSource(num_examples=2, seq_len=-1), "WordProblemSource.seq_len"),
     (lambda: ModularArithmeticSource(num_examples=2, seq_len=5, modulus=1),
      "ModularArithmeticSource.modulus"),
+    (lambda: WordProblemSource(2, 4, "S5", max_moved_points=1), "max_moved_points must be"),
+    (lambda: WordProblemSource(2, 4, "Z5", max_moved_points=2), "needs a permutation group"),
+    (lambda: WordProblemSource(2, 4, "A5", max_moved_points=2), "but the identity"),
 ])
 def test_bad_settings_are_rejected_naming_the_argument(call, match):
     with pytest.raises(ValueError, match=match):
