@@ -22,6 +22,7 @@ import numpy as np
 
 from deltajax import study
 from deltajax.data import IGNORE_INDEX, make_dataset
+from deltajax.data.state_tracking import make_group
 from deltajax.data.state_tracking import make_source as task_source
 from deltajax.models import LanguageModel, ModelConfig
 from deltajax.train import fit
@@ -33,14 +34,14 @@ import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 # stated by Grazzi et al. 2025 (Table 2, Theorems 1-2), Siems et al. 2025 (DeltaProduct,
 # Sec. 5) and Deletang et al. 2023; "theory" marks a consequence of a theorem, not a run.
 PUBLISHED = {
-    ("parity", "deltanet"): "fails (beta in [0,1]; Grazzi Tab. 2)",
-    ("parity", "deltanet_neg"): "solves (beta in [0,2]; Grazzi Tab. 2)",
+    ("parity", "deltanet"): "fails (beta in [0,1]; Grazzi Tab. 3)",
+    ("parity", "deltanet_neg"): "solves (beta in [0,2]; Grazzi Tab. 3)",
     ("parity", "gated_deltanet"): "fails (theory: eigenvalues >= 0, Grazzi Thm. 1)",
     ("parity", "gated_deltanet_neg"): "can solve (theory: negative eigenvalues)",
     ("parity", "linear_attention"): "fails (theory: the transition is I)",
     ("parity", "attention"): "fails to extrapolate (Deletang et al. 2023)",
-    ("modular_arithmetic", "deltanet"): "partial (Grazzi Tab. 2)",
-    ("modular_arithmetic", "deltanet_neg"): "better than [0,1] (Grazzi Tab. 2)",
+    ("modular_arithmetic", "deltanet"): "partial (Grazzi Tab. 3)",
+    ("modular_arithmetic", "deltanet_neg"): "better than [0,1] (Grazzi Tab. 3)",
     ("S3", "deltaproduct1_neg"): "fails in 1 layer (Siems: n_h = 1 is DeltaNet)",
     ("S3", "deltaproduct2_neg"): "solves and extrapolates (Siems)",
     ("S3", "deltaproduct2"): "fails (theory: [0,1] factors give real eigenvalues >= 0)",
@@ -55,6 +56,25 @@ PUBLISHED = {
     ("A5", "deltaproduct2_neg"): "solves (A5 in SO(3); Siems)",
     ("S5", "deltaproduct2_neg"): "fails in 1 layer (theory: S5 needs n_h = 4; Siems)",
     ("S5", "deltaproduct4_neg"): "solves (n_h = n - 1 = 4; Siems)",
+    ("S5_swaps", "deltanet_neg"): "solves in 1 layer (Grazzi Fig. 4)",
+    ("S5_swaps", "deltanet"): "fails (Grazzi Fig. 4: with 5 layers, just past the training "
+                              "length)",
+    ("S5_swaps_3cycles", "deltanet_neg"): "drops for every model; [-1,1] above [0,1], its 5 "
+                                          "layers extrapolate well (Grazzi Fig. 4)",
+    ("S5_swaps_3cycles", "deltanet"): "below [-1,1] (Grazzi Fig. 4)",
+    ("S5_swaps_3cycles", "deltaproduct2_neg"): "can solve in 1 layer (theory: a 3-cycle is two "
+                                               "swaps, Grazzi Thm. 3)",
+}
+
+# The published numbers: Grazzi et al. 2025, Table 3 (the Chomsky-hierarchy tasks): scaled
+# accuracy (0: chance, 1: perfect) over test lengths 40-256 after training on 3-40, the best of
+# 3 runs; the Transformer's row stands beside softmax attention. Gated DeltaNet and linear
+# attention were not in that table.
+PUBLISHED_SCALED = {
+    ("parity", "deltanet"): 0.017, ("parity", "deltanet_neg"): 1.000,
+    ("parity", "attention"): 0.022,
+    ("modular_arithmetic", "deltanet"): 0.314, ("modular_arithmetic", "deltanet_neg"): 0.971,
+    ("modular_arithmetic", "attention"): 0.031,
 }
 
 
@@ -76,7 +96,8 @@ def make_source(config, *, split: str, seq_len=None):
         "eval": (t.num_eval_examples, config.seed + 10_000, t.train_len),
         "test": (t.num_eval_examples, config.seed + 20_000, seq_len or max(t.eval_lengths)),
     }[split]
-    return task_source(t.name, num_examples=num, seq_len=length, seed=seed, modulus=t.modulus)
+    return task_source(t.name, num_examples=num, seq_len=length, seed=seed, modulus=t.modulus,
+                       max_moved_points=t.max_moved_points)
 
 
 def check(config) -> None:
@@ -125,6 +146,29 @@ def binned(config, accuracy: np.ndarray, labelled: np.ndarray) -> dict:
         out[str(end)] = float(accuracy[window][labelled[window]].mean())
         start = end
     return out
+
+
+def num_classes(task) -> int:
+    """How many labels a task's targets take: chance accuracy is 1 / num_classes."""
+    if task.name == "parity":
+        return 2
+    if task.name == "modular_arithmetic":
+        return task.modulus
+    return make_group(task.name).order
+
+
+def scaled_beyond_training(config, result: dict) -> float:
+    """The papers' "scaled accuracy" (0 at chance, 1 when perfect) over the labelled positions
+    past train_len, from a result's bins weighted by their labelled positions."""
+    t = config.task
+    labelled = make_source(config, split="test")[0]["targets"] != IGNORE_INDEX
+    starts = (0, *t.eval_lengths[:-1])
+    counts = [int(labelled[start:end].sum()) for start, end in zip(starts, t.eval_lengths,
+                                                                   strict=True)][1:]
+    accuracy = np.dot([result["accuracy_by_length"][str(end)] for end in t.eval_lengths[1:]],
+                      counts) / sum(counts)
+    chance = 1 / num_classes(t)
+    return float((accuracy - chance) / (1 - chance))
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -177,6 +221,14 @@ def accuracy_cell(accuracies: list) -> str:
     return f"{np.mean(percent):.1f} ({min(percent):.1f}-{max(percent):.1f})"
 
 
+def scaled_cell(scaled: list) -> str:
+    """Scaled accuracies to 3 places: one seed's, or the mean with the range (the best seed is
+    its upper end, comparable with the papers' best of 3)."""
+    if len(scaled) == 1:
+        return f"{scaled[0]:.3f}"
+    return f"{np.mean(scaled):.3f} ({min(scaled):.3f} to {max(scaled):.3f})"
+
+
 def steps_cell(done: list) -> str:
     """Each finished seed's steps, "*" where it stopped solved."""
     return ", ".join(f"{r['steps']}" + ("*" if r["stopped_early"] else "") for r in done)
@@ -184,23 +236,28 @@ def steps_cell(done: list) -> str:
 
 def markdown_table(config, results: list) -> str:
     """Per task: rows mixers, columns the position bins, cells accuracy in % (over seeds: mean
-    and range), with the published claim; "-" where no seed has finished."""
+    and range), the scaled accuracy past the training length beside the published one, and the
+    published claim; "-" where no seed has finished."""
     lines = []
     for task, (this, rows) in _runs_by_task(config, results).items():
         t = this.task
         bins = _bins(t)
         lines += [f"**{task}**, trained on length {t.train_len} (columns: positions scored; "
                   f"the first is in distribution)", "",
-                  "| mixer | " + " | ".join(bins) + " | seeds | steps | published |",
-                  "|---|" + "---:|" * len(bins) + "---:|---:|---|"]
+                  "| mixer | " + " | ".join(bins) + f" | scaled, {t.train_len + 1}-"
+                  f"{t.eval_lengths[-1]} | published scaled | seeds | steps | published |",
+                  "|---|" + "---:|" * len(bins) + "---:|---:|---:|---:|---|"]
         for mixer, seeds in rows.items():
             done = [r for r in seeds if r is not None]
             if done:
                 cells = [accuracy_cell([r["accuracy_by_length"][str(end)] for r in done])
                          for end in t.eval_lengths]
-                cells += [f"{len(done)} of {len(seeds)}", steps_cell(done)]
+                cells.append(scaled_cell([scaled_beyond_training(this, r) for r in done]))
             else:
-                cells = ["-"] * len(bins) + [f"0 of {len(seeds)}", "-"]
+                cells = ["-"] * (len(bins) + 1)
+            published = PUBLISHED_SCALED.get((task, mixer))
+            cells += ["-" if published is None else f"{published:.3f}",
+                      f"{len(done)} of {len(seeds)}", steps_cell(done) if done else "-"]
             lines.append(f"| {mixer} | " + " | ".join(cells) +
                          f" | {PUBLISHED.get((task, mixer), '-')} |")
         lines.append("")
@@ -249,8 +306,13 @@ def report(config, results: list, workdir: str, png_path: str) -> tuple:
              "accuracy (%) over the positions of a bin (with several seeds: their mean, and "
              "their range in brackets), "
              f"{config.task.num_eval_examples} test sequences. Chance: 50% (parity), 1/|G| "
-             "(word problems), 20% (arithmetic mod 5). `_neg`: beta in [0, 2] (eigenvalues "
-             "in [-1, 1]); deltaproduct<n>: n Householder steps per token.")
+             "(word problems), 20% (arithmetic mod 5). Scaled: (accuracy - chance) / "
+             "(1 - chance) over the labelled positions past the training length, the papers' "
+             "scaled accuracy (0 chance, 1 perfect); published scaled: Grazzi et al. 2025, "
+             "Table 3, the best of 3 runs over lengths 40-256 after training on 3-40 (ours: "
+             "one seed, or the mean with the range, whose upper end is our best seed). "
+             "`_neg`: beta in [0, 2] (eigenvalues in [-1, 1]); deltaproduct<n>: n Householder "
+             "steps per token.")
     title = f"State tracking: accuracy by position ({config.preset} preset)"
     return title, f"{about}\n\n{markdown_table(config, results)}"
 

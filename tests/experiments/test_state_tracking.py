@@ -47,7 +47,8 @@ def test_study_trains_every_run_and_scores_every_length_bin(study_dir):
 def test_report_has_a_table_per_task_with_published_claims_and_a_plot(study_dir):
     table = (study_dir / "results.md").read_text()
     assert "**parity**, trained on length 8" in table and "**S3**, trained on length 8" in table
-    assert "| 1-8 | 9-16 | seeds | steps |" in table and "python -m experiments.x smoke" in table
+    assert "| 1-8 | 9-16 | scaled, 9-16 | published scaled | seeds | steps |" in table
+    assert "python -m experiments.x smoke" in table
     assert "| deltanet_neg |" in table and "solves (beta in [0,2]" in table
     assert "2 of 2 runs finished" in table
     assert (study_dir / "results.png").stat().st_size > 0
@@ -96,7 +97,7 @@ def test_presets_cover_the_issue_grid_and_pass_the_checks():
     assert {"parity-deltanet", "parity-deltanet_neg", "parity-gated_deltanet_neg",
             "parity-linear_attention", "parity-attention", "modular_arithmetic-deltanet_neg",
             "A5-deltaproduct2_neg", "S4-deltaproduct3"} <= names
-    for preset in ("paper", "cpu", "cpu_groups", "smoke"):
+    for preset in ("paper", "cpu", "cpu_groups", "cpu_s5", "smoke"):
         state_tracking.check(get_config(preset))
     groups = get_config("cpu_groups")
     assert {run["name"] for run in groups.sweep} == {
@@ -127,6 +128,43 @@ def test_presets_cover_the_issue_grid_and_pass_the_checks():
         assert z3["train"] == s3["train"] and z3["model"] == s3["model"]
 
 
+def test_cpu_s5_runs_grazzis_restricted_inputs_with_the_groups_recipe():
+    s5, groups = get_config("cpu_s5"), get_config("cpu_groups")
+    cells = [state_tracking.cell(s5, run) for run in s5.sweep]
+    assert cells[:5] == [("S5_swaps", "deltanet_neg"), ("S5_swaps", "deltanet"),
+                         ("S5_swaps_3cycles", "deltanet_neg"), ("S5_swaps_3cycles", "deltanet"),
+                         ("S5_swaps_3cycles", "deltaproduct2_neg")] and cells == cells[:5] * 3
+    reference = study.run_config(groups, groups.sweep[0])
+    for run in s5.sweep:
+        this = study.run_config(s5, run)
+        assert this.task.name == "S5" and this.task.max_moved_points == {
+            "S5_swaps": 2, "S5_swaps_3cycles": 3}[state_tracking.cell(s5, run)[0]]
+        assert this.task.eval_lengths == (32, 64, 128, 256)
+        assert this.train == reference.train and this.task.train_len == reference.task.train_len
+        assert {k: v for k, v in this.model.items() if k not in ("mixer", "delta_rule",
+                                                                "delta_product")} == {
+            k: v for k, v in reference.model.items() if k not in ("mixer", "delta_rule",
+                                                                   "delta_product")}
+    assert all(state_tracking.PUBLISHED.get(cell) for cell in cells)
+
+
+def test_scaled_accuracy_weights_the_labelled_positions_past_training():
+    config = get_config("cpu")
+    arithmetic = study.run_config(config, next(
+        run for run in config.sweep if run["name"] == "modular_arithmetic-deltanet-seed0"))
+    arithmetic.task.eval_lengths = (40, 41, 200)
+    # Numbers (labelled) at positions 1, 3, 5, ...: position 41 alone, then 79 of 42-200.
+    result = {"accuracy_by_length": {"40": 0.0, "41": 1.0, "200": 0.2}}
+    accuracy = (1 * 1.0 + 79 * 0.2) / 80
+    assert state_tracking.scaled_beyond_training(arithmetic, result) == pytest.approx(
+        (accuracy - 0.2) / 0.8)
+    parity = study.run_config(config, config.sweep[0])
+    result = {"accuracy_by_length": {"40": 0.9, "80": 1.0, "120": 0.5, "200": 0.75}}
+    # Bins of 40, 40 and 80 positions; chance 1/2.
+    assert state_tracking.scaled_beyond_training(parity, result) == pytest.approx(
+        (40 * 1.0 + 40 * 0.5 + 80 * 0.75) / 160 * 2 - 1)
+
+
 def test_table_gives_the_seeds_mean_range_and_steps():
     config = get_config("cpu")
     config.only = "parity-deltanet_neg-*"
@@ -139,11 +177,13 @@ def test_table_gives_the_seeds_mean_range_and_steps():
                                                    result(2, 0.5, 3000, False)])
     row = next(line for line in table.splitlines() if line.startswith("| deltanet_neg |"))
     assert row.startswith("| deltanet_neg | 75.0 (50.0-100.0) | 75.0 (50.0-100.0) |")
-    assert "| 2 of 3 | 200*, 3000 |" in row  # seed 1 has not finished
+    # Scaled past length 40: 1 and 0 (chance); Grazzi et al.'s best of 3 beside it.
+    assert "| 0.500 (0.000 to 1.000) | 1.000 | 2 of 3 | 200*, 3000 |" in row  # seed 1 not done
+    assert "| scaled, 41-200 | published scaled | seeds |" in table
     one = state_tracking.markdown_table(config, [result(1, 0.25, 3000, False)])
-    assert "| deltanet_neg | 25.0 | 25.0 | 25.0 | 25.0 | 1 of 3 | 3000 |" in one
+    assert "| deltanet_neg | 25.0 | 25.0 | 25.0 | 25.0 | -0.500 | 1.000 | 1 of 3 | 3000 |" in one
     none = state_tracking.markdown_table(config, [])
-    assert "| deltanet_neg | - | - | - | - | 0 of 3 | - |" in none
+    assert "| deltanet_neg | - | - | - | - | - | 1.000 | 0 of 3 | - |" in none
 
 
 @pytest.mark.parametrize("change, match", [
