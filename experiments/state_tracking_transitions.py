@@ -10,9 +10,11 @@ itself: the Jacobian of the state after the token with respect to the state befo
 of LanguageModel.extend), so nothing of the layer is re-implemented here. For a group word
 problem solved at every length, the transitions of the group's elements must compose like the
 group: M_b M_a = M_(a b) for every pair, and each M_g has order dividing g's order (eigenvalues
-on the unit circle at multiples of 1/order(g) of a turn). The table gives how far each run is
-from that (the largest error over pairs, in the spectral norm) and the eigenvalues of the
-generators' transitions; the runs' extrapolation (from result.json) beside it.
+on the unit circle at multiples of 1/order(g) of a turn). Where the inputs are some elements
+only (max_moved_points: S5 from swaps), an element's M is the product of its shortest word's
+input maps, so the check asks whether the inputs' maps generate a representation. The table
+gives how far each run is from that (the largest error over pairs, in the spectral norm) and the
+eigenvalues of the generators' transitions; the runs' extrapolation (from result.json) beside it.
 """
 
 import fnmatch
@@ -25,7 +27,7 @@ import ml_collections
 import numpy as np
 
 from deltajax import study
-from deltajax.data.state_tracking import make_group
+from deltajax.data.state_tracking import input_elements, make_group
 from deltajax.train import checkpoint
 from experiments.state_tracking import build_model
 
@@ -71,6 +73,27 @@ def group_law_error(maps: np.ndarray, table: np.ndarray) -> float:
                for a in range(n) for b in range(n))
 
 
+def element_maps(input_maps: dict, table: np.ndarray) -> np.ndarray:
+    """M for every element from the inputs' maps {element: M}: the input's own map, or the
+    product along a shortest word of inputs reaching the element (a first, then b: M_b M_a).
+    Raises a ValueError if the inputs do not generate the group."""
+    maps = dict(input_maps)
+    frontier = list(input_maps)
+    while frontier:
+        reached = []
+        for a in frontier:
+            for g, m in input_maps.items():
+                product = int(table[a, g])
+                if product not in maps:
+                    maps[product] = m @ maps[a]
+                    reached.append(product)
+        frontier = reached
+    if len(maps) != len(table):
+        raise ValueError(f"the inputs {sorted(input_maps)} reach {len(maps)} of the group's "
+                         f"{len(table)} elements")
+    return np.stack([maps[g] for g in range(len(table))])
+
+
 def element_orders(table: np.ndarray) -> np.ndarray:
     """The order of each element of the group."""
     orders = []
@@ -108,12 +131,15 @@ def analyse_run(run_dir: str) -> dict:
         raise ValueError(f"{run_dir}: no checkpoint to read")
     params = checkpoint.load_params(directory, step)
     per_head = token_transitions(model, params, group.order)  # [G, H, K, K]
-    maps = np.stack([block_diagonal(m) for m in per_head])
+    inputs = input_elements(group, config.task.get("max_moved_points", 0))
+    maps = element_maps({int(g): block_diagonal(per_head[g]) for g in inputs}, group.table)
     orders = element_orders(group.table)
     order_error = max(np.linalg.norm(np.linalg.matrix_power(maps[g], int(orders[g]))
                                      - np.eye(len(maps[g])), 2) for g in range(group.order))
-    # The generators shown: the elements of largest order (Z3: 1 and 2; S3: the 3-cycles).
-    shown = [g for g in range(group.order) if orders[g] == orders.max()][:2]
+    # The generators shown: the inputs of largest order (Z3: 1 and 2; S3: the 3-cycles; S5
+    # from swaps: two swaps).
+    largest = orders[inputs].max()
+    shown = [int(g) for g in inputs if orders[g] == largest][:2]
     result = study.read_json(os.path.join(run_dir, "result.json"), {})
     return {"name": config.name, "group": group.name, "step": int(step),
             "group_law_error": float(group_law_error(maps, group.table)),

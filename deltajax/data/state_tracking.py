@@ -215,7 +215,7 @@ class WordProblemSource:
         _check_sizes("WordProblemSource", self.num_examples, self.seq_len)
         group = make_group(self.group)
         object.__setattr__(self, "_group", group)
-        object.__setattr__(self, "_inputs", _input_elements(group, self.max_moved_points))
+        object.__setattr__(self, "_inputs", input_elements(group, self.max_moved_points))
 
     @property
     def vocab_size(self) -> int:
@@ -230,7 +230,7 @@ class WordProblemSource:
         return {"inputs": word, "targets": self._group.running_products(word)}
 
 
-def _input_elements(group: Group, max_moved_points) -> np.ndarray:
+def input_elements(group: Group, max_moved_points) -> np.ndarray:
     """The element indices a word draws from, int32: all, or those moving at most k points."""
     k = max_moved_points
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0 or k == 1:

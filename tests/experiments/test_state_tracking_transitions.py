@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from deltajax.data.state_tracking import make_group
+from deltajax.data.state_tracking import input_elements, make_group
 from deltajax.models import LanguageModel, ModelConfig
 from experiments import state_tracking_transitions as transitions
 
@@ -67,6 +67,27 @@ def _permutation_matrices(group):
     for g, perm in enumerate(group.perms):
         out[g, list(perm), list(range(n))] = 1
     return out
+
+
+def test_element_maps_extend_the_inputs_maps_along_words():
+    # S5 from swaps (and the identity): the swaps' permutation matrices rebuild every element's.
+    s5 = make_group("S5")
+    exact = _permutation_matrices(s5)
+    swaps = input_elements(s5, 2)
+    rebuilt = transitions.element_maps({int(g): exact[g] for g in swaps}, s5.table)
+    np.testing.assert_array_equal(rebuilt, exact)
+    assert transitions.group_law_error(rebuilt, s5.table) == 0
+    # One swap's map a rotation by 0.49 of a turn in its plane, not a reflection: no longer a
+    # representation.
+    bent = {int(g): exact[g] for g in swaps}
+    a = 2 * np.pi * 0.49
+    bent[int(swaps[1])] = bent[int(swaps[1])].copy()
+    moved = np.nonzero(np.diag(exact[swaps[1]]) == 0)[0]
+    bent[int(swaps[1])][np.ix_(moved, moved)] = [[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]
+    assert transitions.group_law_error(transitions.element_maps(bent, s5.table), s5.table) > 0.05
+    three_cycles = [int(g) for g in input_elements(s5, 3) if g not in set(swaps.tolist())]
+    with pytest.raises(ValueError, match="reach 60 of the group's 120"):  # A5 only
+        transitions.element_maps({g: exact[g] for g in [0, *three_cycles]}, s5.table)
 
 
 def test_group_checks_are_zero_for_a_representation_only():
