@@ -97,7 +97,7 @@ def make_source(config, *, split: str, seq_len=None):
         "test": (t.num_eval_examples, config.seed + 20_000, seq_len or max(t.eval_lengths)),
     }[split]
     return task_source(t.name, num_examples=num, seq_len=length, seed=seed, modulus=t.modulus,
-                       max_moved_points=t.max_moved_points)
+                       max_moved_points=t.get("max_moved_points", 0))
 
 
 def check(config) -> None:
@@ -224,9 +224,11 @@ def accuracy_cell(accuracies: list) -> str:
 def scaled_cell(scaled: list) -> str:
     """Scaled accuracies to 3 places: one seed's, or the mean with the range (the best seed is
     its upper end, comparable with the papers' best of 3)."""
+    def text(value):  # no "-0.000" for a value a hair below chance
+        return f"{value:.3f}".replace("-0.000", "0.000")
     if len(scaled) == 1:
-        return f"{scaled[0]:.3f}"
-    return f"{np.mean(scaled):.3f} ({min(scaled):.3f} to {max(scaled):.3f})"
+        return text(scaled[0])
+    return f"{text(np.mean(scaled))} ({text(min(scaled))} to {text(max(scaled))})"
 
 
 def steps_cell(done: list) -> str:

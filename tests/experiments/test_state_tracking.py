@@ -5,6 +5,7 @@ module-scoped study run serves the tests that read its outputs."""
 import json
 import os
 
+import ml_collections
 import numpy as np
 import pytest
 
@@ -146,6 +147,17 @@ def test_cpu_s5_runs_grazzis_restricted_inputs_with_the_groups_recipe():
             k: v for k, v in reference.model.items() if k not in ("mixer", "delta_rule",
                                                                    "delta_product")}
     assert all(state_tracking.PUBLISHED.get(cell) for cell in cells)
+
+
+def test_a_run_config_stored_before_max_moved_points_existed_still_builds():
+    # The transition analysis rebuilds models from stored config.json files.
+    config = get_config("smoke")
+    this = study.run_config(config, config.sweep[1]).to_dict()
+    del this["task"]["max_moved_points"]
+    old = ml_collections.ConfigDict(this)
+    source = state_tracking.make_source(old, split="test")
+    assert source.vocab_size == 6 and len(set(source[0]["inputs"].tolist())) > 2
+    assert state_tracking.build_model(old).config.vocab_size == 6
 
 
 def test_scaled_accuracy_weights_the_labelled_positions_past_training():
