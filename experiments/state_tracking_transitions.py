@@ -15,6 +15,10 @@ only (max_moved_points: S5 from swaps), an element's M is the product of its sho
 input maps, so the check asks whether the inputs' maps generate a representation. The table
 gives how far each run is from that (the largest error over pairs, in the spectral norm) and the
 eigenvalues of the generators' transitions; the runs' extrapolation (from result.json) beside it.
+A zero error is sufficient for tracking at every length, not necessary: the state can carry
+directions the readout ignores, and a token may reset them. (S5 from swaps, the cpu_s5 preset,
+extrapolates to 95% at 4x with errors near 2: in one head its swaps are exact reflections, while
+the identity token nearly erases a direction.) So a large error alone explains no failure.
 """
 
 import fnmatch
