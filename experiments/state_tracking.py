@@ -298,13 +298,15 @@ def report(config, results: list, workdir: str, png_path: str) -> tuple:
     del workdir  # the results hold all the table needs
     plot(config, results, png_path)
     m, train = config.model, config.train
+    stopping = ("stopping early (\"solved\", * in the steps column) once every "
+                "in-distribution eval position is right." if train.eval.early_stop_metric else
+                "every run trained to the end of its schedule (no early stop, as the papers).")
     conv = "off" if m.conv is not None and not m.conv.get("enabled", True) else "on"
     about = (f"One recipe for every mixer: {m.num_layers} layer(s), d_model {m.d_model}, "
              f"{m.num_heads} heads, MLP {m.mlp}, short convolutions {conv} (a run's own "
              f"fields are in its config.json); AdamW lr {train.optimizer.learning_rate:g}, "
              f"batch {train.global_batch_size}, at most {train.num_steps} steps unless a run "
-             "sets its own (the steps column), stopping early (\"solved\", * in the steps "
-             "column) once every in-distribution eval position is right. Cells: "
+             f"sets its own (the steps column), {stopping} Cells: "
              "accuracy (%) over the positions of a bin (with several seeds: their mean, and "
              "their range in brackets), "
              f"{config.task.num_eval_examples} test sequences. Chance: 50% (parity), 1/|G| "

@@ -149,6 +149,16 @@ def test_cpu_s5_runs_grazzis_restricted_inputs_with_the_groups_recipe():
     assert all(state_tracking.PUBLISHED.get(cell) for cell in cells)
 
 
+def test_the_paper_preset_trains_the_full_schedule_and_says_so(tmp_path):
+    paper, cpu = get_config("paper"), get_config("cpu")
+    assert paper.train.eval.early_stop_metric is None and paper.train.num_steps == 20_000
+    assert cpu.train.eval.early_stop_metric == "eval/accuracy"
+    _, about = state_tracking.report(paper, [], "", str(tmp_path / "p.png"))
+    assert "no early stop" in about and "stopping early" not in about
+    _, about = state_tracking.report(cpu, [], "", str(tmp_path / "c.png"))
+    assert "stopping early" in about
+
+
 def test_a_run_config_stored_before_max_moved_points_existed_still_builds():
     # The transition analysis rebuilds models from stored config.json files.
     config = get_config("smoke")
