@@ -152,12 +152,15 @@ def analyse_run(run_dir: str) -> dict:
                                     "eigenvalues": [describe(moving_eigenvalues(per_head[g, h]))
                                                     for h in range(per_head.shape[1])]}
                            for g in shown},
+            # A representation maps the identity to I: what its token moves instead.
+            "identity": [describe(moving_eigenvalues(per_head[0, h]))
+                         for h in range(per_head.shape[1])],
             "accuracy_by_length": result.get("accuracy_by_length", {})}
 
 
 def markdown(analyses: list) -> str:
     lines = ["| run | step | accuracy by position bin (%) | group-law error | order error | "
-             "generator: eigenvalues per head (modulus at angle, turns) |",
+             "generators and identity: eigenvalues moved, per head (modulus at angle, turns) |",
              "|---|---:|---|---:|---:|---|"]
     for a in analyses:
         accuracy = " / ".join(f"{100 * v:.1f}" for v in a["accuracy_by_length"].values())
@@ -165,8 +168,10 @@ def markdown(analyses: list) -> str:
             f"{g} (order {d['order']}): " + "; ".join(f"head {h}: {e}" for h, e in
                                                       enumerate(d["eigenvalues"]))
             for g, d in a["generators"].items())
+        identity = "; ".join(f"head {h}: {e}" for h, e in enumerate(a["identity"]))
         lines.append(f"| {a['name']} | {a['step']} | {accuracy or '-'} | "
-                     f"{a['group_law_error']:.3f} | {a['order_error']:.3f} | {generators} |")
+                     f"{a['group_law_error']:.3f} | {a['order_error']:.3f} | {generators}"
+                     f"<br>identity: {identity} |")
     return "\n".join(lines)
 
 

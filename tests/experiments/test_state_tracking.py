@@ -63,6 +63,7 @@ def test_transition_analysis_reads_a_study_run_back_with_its_accuracy(study_dir)
     assert set(analysis["generators"]) == {3, 4}  # S3's 3-cycles
     table = transitions.markdown([analysis])
     assert f"| {SMOKE_RUNS[1]} |" in table and "3 (order 3): head 0:" in table
+    assert "<br>identity: head 0: " in table and len(analysis["identity"]) == 2  # 2 heads
     with pytest.raises(ValueError, match="--only"):
         transitions.analyse(str(study_dir), "Z5-*")
 
