@@ -8,7 +8,7 @@ r"""State tracking and length extrapolation: train every run of the sweep on sho
 
 (`python experiments/state_tracking.py ...` runs the same.) Each run trains in
 <workdir>/runs/<run name>/ (config.json, result.json, checkpoints, TensorBoard) with
-deltajax.train.fit, stopping early once every in-distribution eval position is right; then
+deltajax.train.fit (evaluating in distribution as it goes; a config may set an early stop); then
 num_eval_examples sequences of length max(eval_lengths) are scored position by position, and a
 run's "accuracy at L" is its accuracy over the positions in (previous L, L].
 """

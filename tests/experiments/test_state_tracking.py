@@ -35,7 +35,7 @@ def test_study_trains_every_run_and_scores_every_length_bin(study_dir):
     for name in SMOKE_RUNS:
         run_dir = study_dir / "runs" / name
         result = json.loads((run_dir / "result.json").read_text())
-        assert result["steps"] in (2, 4)  # 2: solved at the first evaluation
+        assert result["steps"] == 4 and not result["stopped_early"]  # the whole schedule
         assert set(result["accuracy_by_length"]) == {"8", "16"}
         assert all(0.0 <= a <= 1.0 for a in result["accuracy_by_length"].values())
         assert any(n.startswith("events.out.tfevents") for n in os.listdir(run_dir / "tensorboard"))
@@ -150,13 +150,15 @@ def test_cpu_s5_runs_grazzis_restricted_inputs_with_the_groups_recipe():
     assert all(state_tracking.PUBLISHED.get(cell) for cell in cells)
 
 
-def test_the_paper_preset_trains_the_full_schedule_and_says_so(tmp_path):
-    paper, cpu = get_config("paper"), get_config("cpu")
-    assert paper.train.eval.early_stop_metric is None and paper.train.num_steps == 20_000
-    assert cpu.train.eval.early_stop_metric == "eval/accuracy"
+def test_every_preset_trains_the_whole_schedule_and_the_report_says_so(tmp_path):
+    for preset in ("paper", "cpu", "cpu_groups", "cpu_s5", "smoke"):
+        assert get_config(preset).train.eval.early_stop_metric is None
+    assert get_config("paper").train.num_steps == 20_000
+    paper = get_config("paper")
     _, about = state_tracking.report(paper, [], "", str(tmp_path / "p.png"))
     assert "no early stop" in about and "stopping early" not in about
-    _, about = state_tracking.report(cpu, [], "", str(tmp_path / "c.png"))
+    paper.train.eval.update(early_stop_metric="eval/accuracy", early_stop_value=1.0)
+    _, about = state_tracking.report(paper, [], "", str(tmp_path / "c.png"))
     assert "stopping early" in about
 
 
