@@ -64,6 +64,8 @@ def test_transition_analysis_reads_a_study_run_back_with_its_accuracy(study_dir)
     table = transitions.markdown([analysis])
     assert f"| {SMOKE_RUNS[1]} |" in table and "3 (order 3): head 0:" in table
     assert "<br>identity: head 0: " in table and len(analysis["identity"]) == 2  # 2 heads
+    heads = analysis["head_group_law_errors"]
+    assert len(heads) == 2 and max(heads) == pytest.approx(analysis["group_law_error"])
     with pytest.raises(ValueError, match="--only"):
         transitions.analyse(str(study_dir), "Z5-*")
 
