@@ -39,8 +39,8 @@ mixer of it, fixed before any result):
          restricted inputs (Sec. 5.2, Fig. 4; trained on 32 there too): inputs only the
          identity and swaps (S5_swaps), or also 3-cycles (S5_swaps_3cycles); the targets cover
          all of S5 either way. One layer of DeltaNet beta in [0, 1] and [0, 2], and on the
-         3-cycles DeltaProduct n_h = 2 with [0, 2] (a 3-cycle is two swaps: Grazzi Thm. 3);
-         seeds 0, 1, 2. Not run: the paper's 5-layer models.
+         3-cycles DeltaProduct n_h = 2 with [0, 2] (a 3-cycle is two swaps: Grazzi Thm. 3)
+         and the paper's 5-layer DeltaNets both ways; seeds 0, 1, 2.
   smoke  seconds, for the tests.
 --config.only='parity-*' runs part of a sweep; fields shared by every run are flags
 (--config.train.num_steps=500, --config.model.delta_rule.backend=recurrent).
@@ -69,6 +69,10 @@ MIXERS = {
                                       delta_rule=dict(allow_neg_eigval=bool(neg)),
                                       delta_product=dict(num_householder=n))
        for n in (1, 2, 3, 4) for neg in ("", "_neg")},
+    # Grazzi et al.'s deeper DeltaNets of the S5 runs (their Fig. 4: 5 layers).
+    "deltanet_5layers": dict(mixer="deltanet", num_layers=5),
+    "deltanet_neg_5layers": dict(mixer="deltanet", num_layers=5,
+                                 delta_rule=dict(allow_neg_eigval=True)),
     "linear_attention": dict(mixer="linear_attention", delta_rule=None),
     "attention": dict(mixer="attention", delta_rule=None, conv=None),
 }
@@ -163,6 +167,10 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
                     for label, moved in S5_RESTRICTED.items()
                     for mixer in ("deltanet_neg", "deltanet")]
             runs.append(("S5_swaps_3cycles", runs[-1][1], "deltaproduct2_neg"))
+            # Added after the one-layer runs: the paper's 5-layer DeltaNets on the 3-cycles,
+            # where it reports them extrapolating well with [-1, 1].
+            runs += [("S5_swaps_3cycles", runs[-1][1], mixer)
+                     for mixer in ("deltanet_neg_5layers", "deltanet_5layers")]
         elif preset == "cpu_groups":
             # The larger groups, as S3 (lengths, budget, beta in [0, 2]), at the n_h the paper
             # says each needs and the one below it: S4 and A5 embed in SO(3) (n_h = 2), S5

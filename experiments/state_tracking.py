@@ -64,6 +64,8 @@ PUBLISHED = {
     ("S5_swaps_3cycles", "deltanet"): "below [-1,1] (Grazzi Fig. 4)",
     ("S5_swaps_3cycles", "deltaproduct2_neg"): "can solve in 1 layer (theory: a 3-cycle is two "
                                                "swaps, Grazzi Thm. 3)",
+    ("S5_swaps_3cycles", "deltanet_neg_5layers"): "extrapolates well (Grazzi Fig. 4)",
+    ("S5_swaps_3cycles", "deltanet_5layers"): "below [-1,1] (Grazzi Fig. 4)",
 }
 
 # The published numbers: Grazzi et al. 2025, Table 3 (the Chomsky-hierarchy tasks): scaled

@@ -135,9 +135,11 @@ def test_presets_cover_the_issue_grid_and_pass_the_checks():
 def test_cpu_s5_runs_grazzis_restricted_inputs_with_the_groups_recipe():
     s5, groups = get_config("cpu_s5"), get_config("cpu_groups")
     cells = [state_tracking.cell(s5, run) for run in s5.sweep]
-    assert cells[:5] == [("S5_swaps", "deltanet_neg"), ("S5_swaps", "deltanet"),
+    assert cells[:7] == [("S5_swaps", "deltanet_neg"), ("S5_swaps", "deltanet"),
                          ("S5_swaps_3cycles", "deltanet_neg"), ("S5_swaps_3cycles", "deltanet"),
-                         ("S5_swaps_3cycles", "deltaproduct2_neg")] and cells == cells[:5] * 3
+                         ("S5_swaps_3cycles", "deltaproduct2_neg"),
+                         ("S5_swaps_3cycles", "deltanet_neg_5layers"),
+                         ("S5_swaps_3cycles", "deltanet_5layers")] and cells == cells[:7] * 3
     reference = study.run_config(groups, groups.sweep[0])
     for run in s5.sweep:
         this = study.run_config(s5, run)
@@ -145,10 +147,10 @@ def test_cpu_s5_runs_grazzis_restricted_inputs_with_the_groups_recipe():
             "S5_swaps": 2, "S5_swaps_3cycles": 3}[state_tracking.cell(s5, run)[0]]
         assert this.task.eval_lengths == (32, 64, 128, 256)
         assert this.train == reference.train and this.task.train_len == reference.task.train_len
-        assert {k: v for k, v in this.model.items() if k not in ("mixer", "delta_rule",
-                                                                "delta_product")} == {
-            k: v for k, v in reference.model.items() if k not in ("mixer", "delta_rule",
-                                                                   "delta_product")}
+        mixer_fields = ("mixer", "delta_rule", "delta_product", "num_layers")
+        assert {k: v for k, v in this.model.items() if k not in mixer_fields} == {
+            k: v for k, v in reference.model.items() if k not in mixer_fields}
+        assert this.model.num_layers == (5 if "5layers" in run["name"] else 1)
     assert all(state_tracking.PUBLISHED.get(cell) for cell in cells)
 
 
